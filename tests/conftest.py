@@ -1,0 +1,26 @@
+"""Shared fixtures: every device/dtype test runs on the CPU in fp32, and on CUDA (fp32 and bf16) when a
+GPU is present, so the same suite checks a lent GPU machine."""
+
+import pytest
+import torch
+
+CUDA = torch.cuda.is_available()
+
+DEVICE_DTYPES = [
+    pytest.param(("cpu", torch.float32), id="cpu-fp32"),
+    pytest.param(("cuda", torch.float32), id="cuda-fp32", marks=pytest.mark.cuda),
+    pytest.param(("cuda", torch.bfloat16), id="cuda-bf16", marks=pytest.mark.cuda),
+]
+
+
+def pytest_collection_modifyitems(config, items):
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "cuda" in item.keywords and not CUDA:
+            item.add_marker(skip)
+
+
+@pytest.fixture(params=DEVICE_DTYPES)
+def device_dtype(request):
+    """(device, dtype) pairs; tolerances should scale with the dtype (bf16 keeps ~3 digits)."""
+    return request.param
