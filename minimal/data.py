@@ -173,7 +173,7 @@ class SpriteWorld:
         acts = self._check_labels(0 if actions is None else actions, n_frames, len(ACTIONS), "actions")
         g = _as_generator(seed, generator)
 
-        n, s, high = cfg.n_sprites, cfg.sprite_size, cfg.size - cfg.sprite_size
+        n, high = cfg.n_sprites, cfg.size - cfg.sprite_size
         pos = torch.randint(0, high + 1, (n, 2), generator=g)  # (n, 2) top-left (y, x)
         speeds = torch.randint(1, cfg.max_speed + 1, (n, 2), generator=g)
         signs = torch.randint(0, 2, (n, 2), generator=g) * 2 - 1
