@@ -14,6 +14,7 @@ import json
 
 BENCHMARKS = {
     "kv-cache": "minimal.kv_cache:bench",
+    "sinks": "minimal.sinks:bench",
 }
 
 

@@ -10,8 +10,9 @@ k, v: (n_layer, B, H, capacity, D), with `length` valid slots. Appending writes 
 reallocated per token (the form CUDA graphs and `torch.compile` need); `crop(n)` rolls back to a shorter
 length (speculative decoding rejects drafted tokens this way) and `reset()` empties it.
 
-The cache protocol the model relies on (later rolling caches implement the same three members):
+The cache protocol the model relies on (later rolling caches implement the same members):
     length                  number of cached positions, the position of the next token
+    next_positions(T)       positions (T,) of the next T tokens (here length + arange(T))
     update(layer, k, v)     store the new (B, H, T, D) keys/values, return all keys/values so far
     advance(T)              after every layer has stored its T new tokens, move `length` on by T
 """
@@ -50,6 +51,9 @@ class KVCache:
     @property
     def nbytes(self) -> int:
         return self.k.nbytes + self.v.nbytes
+
+    def next_positions(self, n: int) -> torch.Tensor:
+        return torch.arange(self.length, self.length + n, device=self.k.device)
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Write k, v (B, H, T, D) at [length, length + T); return views of slots [0, length + T)."""

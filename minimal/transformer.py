@@ -110,14 +110,23 @@ class CausalSelfAttention(nn.Module):
         self.qkv = nn.Linear(config.n_embd, 3 * config.n_embd, bias=False)
         self.proj = nn.Linear(config.n_embd, config.n_embd, bias=False)
 
+    def project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x (B, T, C) -> q, k, v, each (B, H, T, D), before RoPE."""
+        B, T, C = x.shape
+        return self.qkv(x).view(B, T, 3, self.config.n_head, C // self.config.n_head).permute(2, 0, 3, 1, 4)
+
     def forward(self, x, pos, mask=None, cache=None, manual=False):
         B, T, C = x.shape
-        H = self.config.n_head
-        q, k, v = self.qkv(x).view(B, T, 3, H, C // H).permute(2, 0, 3, 1, 4)  # 3 x (B, H, T, D)
+        q, k, v = self.project(x)  # 3 x (B, H, T, D)
         q = apply_rope(q, pos, self.config.rope_base)
-        k = apply_rope(k, pos, self.config.rope_base)
-        if cache is not None:
-            k, v = cache.update(self.layer_idx, k, v)  # (B, H, T_k, D): cached keys then the new ones
+        if getattr(cache, "stores_raw_keys", False):
+            # StreamingLLM: keys are cached before RoPE and rotated by their position inside the cache
+            k, v = cache.update(self.layer_idx, k, v)  # (B, H, T_k, D), raw keys
+            k = apply_rope(k, cache.key_positions(), self.config.rope_base)
+        else:
+            k = apply_rope(k, pos, self.config.rope_base)
+            if cache is not None:
+                k, v = cache.update(self.layer_idx, k, v)  # (B, H, T_k, D): cached keys then the new ones
         p = self.config.dropout if self.training else 0.0
         y = attention(q, k, v, mask, manual, p)  # (B, H, T, D)
         return self.proj(y.transpose(1, 2).reshape(B, T, C))
@@ -213,7 +222,8 @@ class GPT(nn.Module):
     def forward(self, idx, cache=None, pos=None, mask=None, manual=False):
         """idx (B, T) int64. With a cache, the T new tokens sit after the cache.length cached ones.
 
-        pos: positions (T,) or (B, T); default cache.length + arange(T).
+        pos: positions (T,) or (B, T); default cache.next_positions(T) (cache.length + arange(T) for
+            a plain cache), or arange(T) without a cache.
         mask: bool (T, T_k) or broadcastable to (B, H, T, T_k), True = may attend; default causal.
         """
         if not isinstance(idx, torch.Tensor) or idx.dtype != torch.long or idx.ndim != 2:
@@ -221,7 +231,7 @@ class GPT(nn.Module):
         B, T = idx.shape
         start = cache.length if cache is not None else 0
         if pos is None:
-            pos = torch.arange(start, start + T, device=idx.device)
+            pos = cache.next_positions(T) if cache is not None else torch.arange(T, device=idx.device)
         if mask is None and T > 1:
             mask = causal_mask(T, start + T, device=idx.device)
         x = self.drop(self.tok_emb(idx))  # (B, T, C)

@@ -1,0 +1,297 @@
+"""Attention sinks and rolling KV caches: stream past the training context in fixed memory.
+
+StreamingLLM (Xiao et al. 2023, "Efficient Streaming Language Models with Attention Sinks") keeps the
+first `n_sink` tokens plus the `window` most recent ones, and evicts everything in between:
+
+    kept(s) = {0, ..., n_sink - 1}  U  {s - window + 1, ..., s}        (s = index of the newest token)
+
+Two details make it work:
+- Positions are assigned *inside the cache*: the kept keys sit at positions 0..n-1 and the query at the
+  last of them, so no position ever exceeds what the model was trained on (dense attention past the
+  training length meets RoPE angles it never saw). For that, keys are cached *before* RoPE and rotated
+  by their current cache position at every step: `stores_raw_keys` tells the attention layer so.
+- The first tokens stay: trained LMs park surplus attention on them ("attention sinks"); evicting them
+  (window only) moves that mass onto content tokens and can wreck the output.
+
+`SinkCache` is a ring buffer: slots [0, n_sink) hold the sinks, slots [n_sink, n_sink + window) are
+reused cyclically by the recent tokens, so memory is fixed and nothing is reallocated or moved. The
+physical slot order is not the logical order, which is fine: attention is a sum over keys, so only each
+key's position must be right. `NaiveSinkCache` is the obviously-correct reference: Python lists, evict
+by slicing, positions 0..n-1 in list order. A test checks they agree.
+
+Simplifications vs the paper: batch streams advance in lockstep; prefill may not evict (feed tokens one
+at a time once the cache is full).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def _check_sizes(n_sink: int, window: int, max_positions: int | None) -> None:
+    if not isinstance(n_sink, int) or n_sink < 0:
+        raise ValueError(f"n_sink must be an int >= 0, got {n_sink!r}")
+    if not isinstance(window, int) or window < 1:
+        raise ValueError(f"window must be an int >= 1, got {window!r}")
+    if max_positions is not None and n_sink + window > max_positions:
+        raise ValueError(f"n_sink + window = {n_sink + window} exceeds the capacity of {max_positions} "
+                         f"positions the model was trained on")
+
+
+class SinkCache:
+    """Fixed-memory rolling cache: n_sink sink slots + a ring of `window` recent slots, raw keys."""
+
+    stores_raw_keys = True
+
+    def __init__(self, n_layer: int, batch_size: int, n_head: int, head_dim: int, n_sink: int, window: int,
+                 max_positions: int | None = None, device=None, dtype=torch.float32):
+        _check_sizes(n_sink, window, max_positions)
+        self.n_sink, self.window, self.capacity = n_sink, window, n_sink + window
+        shape = (n_layer, batch_size, n_head, self.capacity, head_dim)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)  # raw (un-rotated) keys
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.n_seen = 0  # tokens streamed so far
+        self._n_last = 0  # tokens in the step being processed
+
+    @classmethod
+    def for_model(cls, model, n_sink: int, window: int, batch_size: int = 1) -> SinkCache:
+        cfg, p = model.config, next(model.parameters())
+        return cls(cfg.n_layer, batch_size, cfg.n_head, cfg.head_dim, n_sink, window,
+                   max_positions=cfg.block_size, device=p.device, dtype=p.dtype)
+
+    @property
+    def length(self) -> int:
+        """Kept tokens (valid slots)."""
+        return min(self.n_seen, self.capacity)
+
+    @property
+    def nbytes(self) -> int:
+        return self.k.nbytes + self.v.nbytes
+
+    def _evicting(self, n: int) -> bool:
+        if self.n_seen + n <= self.capacity:
+            return False
+        if n != 1:
+            raise ValueError(f"{n} tokens would overflow the {self.capacity} slots: once the cache is full, "
+                             f"feed one token at a time")
+        return True
+
+    def next_positions(self, n: int) -> torch.Tensor:
+        """Positions of the next n tokens: after the kept ones, or the last slot once full."""
+        if self._evicting(n):
+            return torch.tensor([self.capacity - 1], device=self.k.device)
+        return torch.arange(self.n_seen, self.n_seen + n, device=self.k.device)
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store raw k, v (B, H, n, D); return all valid slots (B, H, T_k, D) in physical order."""
+        n = self._n_last = k.shape[2]
+        if self._evicting(n):
+            slot = self.n_sink + (self.n_seen - self.n_sink) % self.window  # the oldest recent token's slot
+            self.k[layer, :, :, slot] = k[:, :, 0]
+            self.v[layer, :, :, slot] = v[:, :, 0]
+            return self.k[layer], self.v[layer]
+        end = self.n_seen + n
+        self.k[layer, :, :, self.n_seen:end] = k
+        self.v[layer, :, :, self.n_seen:end] = v
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+    def key_positions(self) -> torch.Tensor:
+        """Cache position of every slot returned by the last `update` (before `advance`)."""
+        device = self.k.device
+        if self.n_seen + self._n_last <= self.capacity:  # not wrapped: slot index == position
+            return torch.arange(self.n_seen + self._n_last, device=device)
+        newest = (self.n_seen - self.n_sink) % self.window  # ring slot of the token just written
+        age = (newest - torch.arange(self.window, device=device)) % self.window  # 0 for the newest
+        return torch.cat([torch.arange(self.n_sink, device=device), self.capacity - 1 - age])  # (capacity,)
+
+    def advance(self, n: int) -> None:
+        self.n_seen += n
+
+    def reset(self) -> None:
+        self.n_seen = 0
+
+
+class NaiveSinkCache:
+    """Reference: lists of raw keys per layer, evict by slicing, positions 0..n-1 in list order."""
+
+    stores_raw_keys = True
+
+    def __init__(self, n_layer: int, n_sink: int, window: int):
+        _check_sizes(n_sink, window, None)
+        self.n_sink, self.window = n_sink, window
+        self.ks, self.vs = [[] for _ in range(n_layer)], [[] for _ in range(n_layer)]
+        self.n_kept = 0
+
+    @property
+    def length(self) -> int:
+        return self.n_kept
+
+    def next_positions(self, n: int) -> torch.Tensor:
+        end = min(self.n_kept + n, self.n_sink + self.window)
+        return torch.arange(end - n, end)
+
+    def update(self, layer, k, v):
+        self.ks[layer] += k.unbind(2)
+        self.vs[layer] += v.unbind(2)
+        for kept in (self.ks[layer], self.vs[layer]):
+            del kept[self.n_sink:max(self.n_sink, len(kept) - self.window)]  # evict all but sinks + recent
+        self._n_keys = len(self.ks[layer])
+        return torch.stack(self.ks[layer], 2), torch.stack(self.vs[layer], 2)
+
+    def key_positions(self) -> torch.Tensor:
+        return torch.arange(self._n_keys)
+
+    def advance(self, n: int) -> None:
+        self.n_kept = len(self.ks[0])
+
+
+# ---------------------------------------------------------------------------------------------------
+# Streaming evaluation: perplexity far past the training context
+# ---------------------------------------------------------------------------------------------------
+
+POLICIES = ("dense", "window", "recompute", "sinks")
+
+
+@torch.no_grad()
+def streaming_nll(model, ids: torch.Tensor, policy: str, cache_size: int | None = None,
+                  n_sink: int = 4) -> torch.Tensor:
+    """Per-token negative log-likelihood (nats) of ids[1:] given the stream so far, shape (N - 1,).
+
+    dense:     attend to everything (positions run past the training length)
+    window:    rolling cache of the last `cache_size` tokens, no sinks
+    recompute: re-run the model on the last `cache_size` tokens at every step (the quality reference)
+    sinks:     rolling cache of n_sink sinks + the last cache_size - n_sink tokens
+    """
+    if policy not in POLICIES:
+        raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
+    if ids.ndim != 1 or len(ids) < 2:
+        raise ValueError(f"ids must be a 1-D stream of >= 2 token ids, got shape {tuple(ids.shape)}")
+    c = cache_size or model.config.block_size
+    device = next(model.parameters()).device
+    ids = ids.to(device)
+    if policy == "dense":  # one causal pass == a growing KV cache, token for token
+        logits = model(ids[None, :-1])[0]  # (N - 1, V)
+    elif policy == "recompute":
+        windows = torch.stack([ids[max(0, t - c):t] if t >= c else ids[:c] for t in range(1, len(ids))])
+        ends = torch.tensor([min(t, c) - 1 for t in range(1, len(ids))], device=device)
+        logits = torch.cat([model(w)[torch.arange(len(w)), e]
+                            for w, e in zip(windows.split(256), ends.split(256), strict=True)])
+    else:
+        sinks = n_sink if policy == "sinks" else 0
+        cache = SinkCache.for_model(model, sinks, c - sinks)
+        logits = torch.cat([model(ids[None, t:t + 1], cache)[0] for t in range(len(ids) - 1)])
+    return torch.nn.functional.cross_entropy(logits.float(), ids[1:], reduction="none")
+
+
+@torch.no_grad()
+def attention_maps(model, idx: torch.Tensor) -> torch.Tensor:
+    """Causal attention weights of every layer and head for idx (B, T): (n_layer, B, H, T, T)."""
+    from .transformer import apply_rope, attention_weights, causal_mask
+
+    inputs = []
+    hooks = [b.attn.register_forward_pre_hook(lambda m, args: inputs.append((m, args[0], args[1])))
+             for b in model.blocks]
+    try:
+        model(idx)
+    finally:
+        for h in hooks:
+            h.remove()
+    maps = []
+    for attn, x, pos in inputs:
+        q, k, _ = attn.project(x)
+        q, k = apply_rope(q, pos, attn.config.rope_base), apply_rope(k, pos, attn.config.rope_base)
+        maps.append(attention_weights(q, k, causal_mask(x.shape[1], x.shape[1], x.device)))
+    return torch.stack(maps)
+
+
+def sink_mass(maps: torch.Tensor, first_query: int = 64) -> torch.Tensor:
+    """Mean attention on position 0 from queries at positions >= first_query, per layer: (n_layer,).
+
+    For comparison, uniform attention would give 1 / (position + 1) to it."""
+    return maps[..., first_query:, 0].mean(dim=(1, 2, 3))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Benchmark: python -m minimal.bench sinks
+# ---------------------------------------------------------------------------------------------------
+
+def _stream_step_times(model, ids: torch.Tensor, cache, device) -> list[float]:
+    """Seconds per streamed token when feeding ids one at a time into `cache`."""
+    from .timing import Timer
+
+    times = []
+    with torch.no_grad():
+        for t in range(len(ids)):
+            with Timer(device) as timer:
+                model(ids[None, t:t + 1], cache)
+            times.append(timer.seconds)
+    return times
+
+
+def bench(device=None, quick: bool = False, repeats: int = 3) -> tuple[str, dict]:
+    """Streaming perplexity per policy over 16x the context; rolling-cache latency and memory vs dense."""
+    import math
+
+    from .checkpoints import load_pretrained
+    from .data import CharTokenizer, text_corpus
+    from .kv_cache import KVCache
+    from .timing import measure, percentile, resolve_device
+    from .transformer import GPT, GPTConfig
+
+    device = resolve_device(device)
+    if quick:
+        torch.manual_seed(0)
+        model = GPT(GPTConfig(vocab_size=103, block_size=16, n_layer=1, n_head=2, n_embd=16)).to(device).eval()
+        chars = CharTokenizer.from_text(text_corpus()).chars
+    else:
+        model, meta = load_pretrained("text-gpt", device=device)
+        chars = meta["chars"]
+    c = model.config.block_size
+    n = 16 * c
+    ids = CharTokenizer(chars).encode(text_corpus("val")[: n + 1]).to(device)
+
+    ppl = {p: math.exp(streaming_nll(model, ids, p).mean().item()) for p in ("dense", "window", "recompute")}
+    for s in (1, 4):
+        ppl[f"sinks{s}"] = math.exp(streaming_nll(model, ids, "sinks", n_sink=s).mean().item())
+
+    near = lambda times, m: percentile(times[m - 16:m], 50)  # noqa: E731 latency around token m
+    lat = {"sinks": ([], []), "dense": ([], [])}
+    for _ in range(repeats):
+        for name in lat:
+            cache = SinkCache.for_model(model, 4, c - 4) if name == "sinks" else KVCache.for_model(model, capacity=n)
+            times = _stream_step_times(model, ids[:n], cache, device)
+            lat[name][0].append(near(times, c))
+            lat[name][1].append(near(times, n))
+    lat = {k: (percentile(a, 50), percentile(b, 50)) for k, (a, b) in lat.items()}
+    with torch.no_grad():
+        recompute = measure(lambda: model(ids[None, n - c:n]), warmup=2, repeats=10 * repeats, device=device)
+    sink_bytes = SinkCache.for_model(model, 4, c - 4).nbytes
+    dense_bytes = lambda m: KVCache.for_model(model, capacity=m).nbytes  # noqa: E731 a dense cache holding m tokens
+
+    figures = {
+        "context": c, "tokens": n, "device": str(device), "ppl": ppl,
+        "ppl_ratio": ppl["sinks4"] / ppl["recompute"],
+        "latency_ratio": lat["sinks"][1] / lat["sinks"][0],
+        "dense_latency_ratio": lat["dense"][1] / lat["dense"][0],
+        "cache_bytes": [sink_bytes, sink_bytes], "dense_cache_bytes": [dense_bytes(c), dense_bytes(n)],
+        "speedup_vs_recompute": recompute.median / lat["sinks"][1],
+        "ms_per_token": {"sinks_1x": lat["sinks"][0] * 1e3, "sinks_16x": lat["sinks"][1] * 1e3,
+                         "dense_1x": lat["dense"][0] * 1e3, "dense_16x": lat["dense"][1] * 1e3,
+                         "recompute": recompute.median * 1e3},
+    }
+    rows = [f"Streaming over {n} tokens = 16 x the training context {c} ({device}, median of {repeats} runs)",
+            f"{'policy':<28} {'perplexity':>10}",
+            *[f"{name:<28} {value:>10.3f}" for name, value in [
+                ("dense (positions past ctx)", ppl["dense"]), ("window only", ppl["window"]),
+                ("sliding window + recompute", ppl["recompute"]), ("sinks 1 + window", ppl["sinks1"]),
+                ("sinks 4 + window", ppl["sinks4"])]],
+            "",
+            f"{'per-token latency':<28} {'at 1x':>10} {'at 16x':>10} {'cache bytes 1x -> 16x':>24}",
+            f"{'rolling cache (4 + window)':<28} {lat['sinks'][0] * 1e3:>8.3f}ms {lat['sinks'][1] * 1e3:>8.3f}ms "
+            f"{sink_bytes:>11} -> {sink_bytes}",
+            f"{'dense KV cache':<28} {lat['dense'][0] * 1e3:>8.3f}ms {lat['dense'][1] * 1e3:>8.3f}ms "
+            f"{dense_bytes(c):>11} -> {dense_bytes(n)}",
+            f"{'sliding window recompute':<28} {recompute.median * 1e3:>8.3f}ms {recompute.median * 1e3:>8.3f}ms",
+            f"rolling latency ratio 16x/1x = {figures['latency_ratio']:.2f}; speedup over recompute = "
+            f"{figures['speedup_vs_recompute']:.1f}x; ppl ratio sinks/recompute = {figures['ppl_ratio']:.3f}"]
+    return "\n".join(rows), figures

@@ -1,0 +1,112 @@
+import pytest
+import torch
+
+from minimal.kv_cache import KVCache
+from minimal.sinks import NaiveSinkCache, SinkCache, attention_maps, sink_mass, streaming_nll
+from minimal.transformer import GPT, GPTConfig
+
+
+def model(block_size=16):
+    torch.manual_seed(0)
+    return GPT(GPTConfig(vocab_size=13, block_size=block_size, n_layer=2, n_head=2, n_embd=16)).eval()
+
+
+@pytest.mark.parametrize("n_sink, window, prefill", [(0, 4, 3), (1, 7, 1), (4, 12, 10), (2, 14, 16), (3, 1, 2)])
+def test_rolling_cache_equals_recompute_over_kept_tokens(n_sink, window, prefill):
+    """Ring buffer + re-rotation == a list that evicts by slicing and renumbers positions 0..n-1,
+    over 100 tokens (many full turns of the ring)."""
+    m = model()
+    ids = torch.randint(0, 13, (2, 100), generator=torch.Generator().manual_seed(1))
+    fast, ref = SinkCache.for_model(m, n_sink, window, batch_size=2), NaiveSinkCache(2, n_sink, window)
+    k_buffer = fast.k
+    with torch.no_grad():
+        out = {}
+        for name, cache in (("fast", fast), ("ref", ref)):
+            first = m(ids[:, :prefill], cache)
+            out[name] = torch.cat([first] + [m(ids[:, t:t + 1], cache) for t in range(prefill, 100)], 1)
+    assert (out["fast"] - out["ref"]).abs().max() <= 1e-4
+    assert fast.length == ref.length == n_sink + window and fast.k is k_buffer
+
+
+def test_rolling_cache_before_eviction_is_the_plain_model(device_dtype):
+    device, dtype = device_dtype
+    m = model().to(device, dtype)
+    ids = torch.randint(0, 13, (1, 16), device=device)
+    cache = SinkCache.for_model(m, 4, 12)
+    with torch.no_grad():
+        out = torch.cat([m(ids[:, :5], cache)] + [m(ids[:, t:t + 1], cache) for t in range(5, 16)], 1)
+        tol = 1e-4 if dtype == torch.float32 else 5e-2
+        assert (out.float() - m(ids).float()).abs().max() <= tol
+        # one more token evicts the oldest recent one; the query sits at the last position in the cache
+        assert cache.next_positions(1).tolist() == [15]
+
+
+def test_key_positions_never_exceed_the_cache():
+    seen = []
+
+    class Recording(SinkCache):
+        def key_positions(self):
+            seen.append(super().key_positions())
+            return seen[-1]
+
+    m = model()
+    cache = Recording(2, 1, 2, 8, n_sink=2, window=6, max_positions=16)
+    with torch.no_grad():
+        for t in range(40):
+            m(torch.tensor([[t % 13]]), cache)
+            assert sorted(seen[-1].tolist()) == list(range(min(t + 1, 8)))  # 0..n-1, each once
+            assert cache.next_positions(1).item() == min(t + 1, 7)
+
+
+def test_streaming_policies_agree_inside_the_context_and_recompute_is_exact():
+    m = model()
+    ids = torch.randint(0, 13, (60,), generator=torch.Generator().manual_seed(2))
+    nll = {p: streaming_nll(m, ids, p, n_sink=4) for p in ("dense", "window", "recompute", "sinks")}
+    for p in nll:
+        assert nll[p].shape == (59,)
+        assert (nll[p][:15] - nll["dense"][:15]).abs().max() <= 1e-4
+    # recompute at step t == the plain model on the last 16 tokens
+    t = 40
+    ref = torch.nn.functional.cross_entropy(m(ids[None, t - 16:t])[0, -1:], ids[t:t + 1])
+    assert torch.allclose(nll["recompute"][t - 1], ref, atol=1e-5)
+    # window-only streaming with a full window == recompute on the same window
+    assert (nll["window"] - nll["recompute"]).abs().max() > 0  # cached K/V carry older context
+
+
+def test_memory_is_fixed_while_dense_grows():
+    m = model()
+    cache = SinkCache.for_model(m, 4, 12)
+    before = cache.nbytes
+    with torch.no_grad():
+        for t in range(50):
+            m(torch.tensor([[t % 13]]), cache)
+    assert cache.nbytes == before == KVCache.for_model(m, capacity=16).nbytes
+
+
+def test_attention_maps_match_the_model():
+    m = model()
+    ids = torch.randint(0, 13, (2, 16))
+    maps = attention_maps(m, ids)
+    assert maps.shape == (2, 2, 2, 16, 16)
+    assert torch.allclose(maps.sum(-1), torch.ones(2, 2, 2, 16), atol=1e-5)
+    assert (maps.triu(1) == 0).all()
+    assert sink_mass(maps, first_query=8).shape == (2,)
+
+
+@pytest.mark.parametrize("n_sink, window, match", [
+    (-1, 4, "n_sink"), (4, 0, "window"), (4, 13, "exceeds the capacity of 16"), (2.0, 4, "n_sink"),
+])
+def test_bad_sizes_raise(n_sink, window, match):
+    with pytest.raises(ValueError, match=match):
+        SinkCache.for_model(model(), n_sink, window)
+
+
+def test_bad_streaming_arguments_raise():
+    m = model()
+    cache = SinkCache.for_model(m, 2, 6)
+    with pytest.raises(ValueError, match="one token at a time"):
+        m(torch.zeros(1, 9, dtype=torch.long), cache)
+    with pytest.raises(ValueError, match="policy"):
+        streaming_nll(m, torch.zeros(10, dtype=torch.long), "sinkhorn")
+    with pytest.raises(ValueError, match="ids"):
+        streaming_nll(m, torch.zeros(1, dtype=torch.long), "dense")
