@@ -246,7 +246,7 @@ TOYS_2D = ("checkerboard", "moons", "spirals")
 
 
 def toy_2d(name: str, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-    """n points (n, 2) from a 2-D toy distribution, roughly inside [-2, 2]^2."""
+    """n points (n, 2) from a 2-D toy distribution, inside [-3, 3]^2 (the checkerboard fills [-2, 2]^2)."""
     if name not in TOYS_2D:
         raise ValueError(f"name must be one of {TOYS_2D}, got {name!r}")
     if not isinstance(n, int) or n < 1:
