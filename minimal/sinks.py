@@ -82,8 +82,10 @@ class SinkCache:
             return torch.tensor([self.capacity - 1], device=self.k.device)
         return torch.arange(self.n_seen, self.n_seen + n, device=self.k.device)
 
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store raw k, v (B, H, n, D); return all valid slots (B, H, T_k, D) in physical order."""
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor, q: torch.Tensor | None = None):
+        """Store raw k, v (B, H, n, D); return all valid slots (B, H, T_k, D) in physical order.
+
+        The queries q are not needed here (see `deep_sink.CompressingCache`, which ranks keys by them)."""
         n = self._n_last = k.shape[2]
         if self._evicting(n):
             slot = self.n_sink + (self.n_seen - self.n_sink) % self.window  # the oldest recent token's slot
@@ -130,7 +132,7 @@ class NaiveSinkCache:
         end = min(self.n_kept + n, self.n_sink + self.window)
         return torch.arange(end - n, end)
 
-    def update(self, layer, k, v):
+    def update(self, layer, k, v, q=None):
         self.ks[layer] += k.unbind(2)
         self.vs[layer] += v.unbind(2)
         for kept in (self.ks[layer], self.vs[layer]):

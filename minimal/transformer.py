@@ -118,15 +118,16 @@ class CausalSelfAttention(nn.Module):
     def forward(self, x, pos, mask=None, cache=None, manual=False):
         B, T, C = x.shape
         q, k, v = self.project(x)  # 3 x (B, H, T, D)
-        q = apply_rope(q, pos, self.config.rope_base)
         if getattr(cache, "stores_raw_keys", False):
-            # StreamingLLM: keys are cached before RoPE and rotated by their position inside the cache
-            k, v = cache.update(self.layer_idx, k, v)  # (B, H, T_k, D), raw keys
+            # StreamingLLM: keys are cached before RoPE and rotated by their position inside the cache.
+            # The raw queries go along for caches that rank keys by the attention they receive.
+            k, v = cache.update(self.layer_idx, k, v, q)  # (B, H, T_k, D), raw keys
             k = apply_rope(k, cache.key_positions(), self.config.rope_base)
         else:
             k = apply_rope(k, pos, self.config.rope_base)
             if cache is not None:
                 k, v = cache.update(self.layer_idx, k, v)  # (B, H, T_k, D): cached keys then the new ones
+        q = apply_rope(q, pos, self.config.rope_base)
         p = self.config.dropout if self.training else 0.0
         y = attention(q, k, v, mask, manual, p)  # (B, H, T, D)
         return self.proj(y.transpose(1, 2).reshape(B, T, C))
