@@ -120,7 +120,7 @@ class NaiveSinkCache:
 
     def __init__(self, n_layer: int, n_sink: int, window: int):
         _check_sizes(n_sink, window, None)
-        self.n_sink, self.window = n_sink, window
+        self.n_sink, self.window, self.capacity = n_sink, window, n_sink + window
         self.ks, self.vs = [[] for _ in range(n_layer)], [[] for _ in range(n_layer)]
         self.n_kept = 0
 
@@ -129,7 +129,7 @@ class NaiveSinkCache:
         return self.n_kept
 
     def next_positions(self, n: int) -> torch.Tensor:
-        end = min(self.n_kept + n, self.n_sink + self.window)
+        end = min(self.n_kept + n, self.capacity)
         return torch.arange(end - n, end)
 
     def update(self, layer, k, v, q=None):
@@ -145,6 +145,35 @@ class NaiveSinkCache:
 
     def advance(self, n: int) -> None:
         self.n_kept = len(self.ks[0])
+
+
+@torch.no_grad()
+def stream_generate(model, prompt: torch.Tensor, max_new_tokens: int, n_sink: int = 4, window: int | None = None,
+                    temperature: float = 1.0, top_k: int | None = None, generator=None, cache=None) -> torch.Tensor:
+    """Generate without end in fixed memory: the prompt (T,) then one token at a time through a rolling
+    cache (default: n_sink sinks + window = block_size - n_sink recent tokens). Returns the new ids (N,)."""
+    from .kv_cache import check_sampling_args, sample_next
+    from .transformer import check_tokens
+
+    check_tokens(prompt, model.config.vocab_size, "prompt")
+    if prompt.ndim != 1 or len(prompt) == 0:
+        raise ValueError(f"prompt must be a non-empty (T,) tensor, got shape {tuple(prompt.shape)}")
+    if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
+    check_sampling_args(temperature, top_k, model.config.vocab_size)
+    if cache is None:
+        cache = SinkCache.for_model(model, n_sink, window or model.config.block_size - n_sink)
+    fit = max(0, min(len(prompt), cache.capacity - cache.length))  # prefill what fits, then stream
+    tokens = [prompt[None, :fit]] if fit else []
+    tokens += list(prompt[fit:].view(-1, 1, 1))
+    for chunk in tokens:
+        logits = model(chunk.to(next(model.parameters()).device), cache)[:, -1]
+    out = []
+    for i in range(max_new_tokens):
+        out.append(sample_next(logits, temperature, top_k, generator))  # (1, 1)
+        if i + 1 < max_new_tokens:
+            logits = model(out[-1], cache)[:, -1]
+    return torch.cat(out, 1)[0] if out else prompt.new_zeros(0)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -297,3 +326,28 @@ def bench(device=None, quick: bool = False, repeats: int = 3) -> tuple[str, dict
             f"rolling latency ratio 16x/1x = {figures['latency_ratio']:.2f}; speedup over recompute = "
             f"{figures['speedup_vs_recompute']:.1f}x; ppl ratio sinks/recompute = {figures['ppl_ratio']:.3f}"]
     return "\n".join(rows), figures
+
+
+# ---------------------------------------------------------------------------------------------------
+# A learnable sink token: python -m minimal.train text-gpt-sink
+# ---------------------------------------------------------------------------------------------------
+
+def train_sink_recipe(out=None, device=None, steps: int | None = None) -> dict:
+    """The text-gpt recipe with a dedicated sink token at the start of every training window
+    (StreamingLLM section 3.3), recording the attention mass on it during training."""
+    from .checkpoints import PRETRAINED_DIR, save_checkpoint
+    from .data import CharTokenizer, text_corpus
+    from .text_gpt import TextGPTRecipe, train_text_gpt, with_sink
+
+    recipe = TextGPTRecipe(sink_token=True, **({} if steps is None else {"steps": steps}))
+    tok = CharTokenizer.from_text(text_corpus())
+    val = tok.encode(text_corpus("val"))[: 16 * 127 + 1]
+    probe_x, _ = with_sink(val[:-1].view(16, 127), val[1:].view(16, 127), tok.vocab_size)  # (16, 128)
+
+    def probe(model) -> float:
+        model.eval()
+        return sink_mass(attention_maps(model, probe_x.to(next(model.parameters()).device))).mean().item()
+
+    model, meta = train_text_gpt(recipe, device, probe=probe)
+    path = save_checkpoint(out or PRETRAINED_DIR / "text-gpt-sink.pt", model, meta)
+    return {"path": str(path), **{k: v for k, v in meta.items() if k not in ("chars", "recipe", "val_curve")}}

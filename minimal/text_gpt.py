@@ -42,6 +42,7 @@ class TextGPTRecipe:
     warmup: int = 100
     weight_decay: float = 0.1
     eval_every: int = 100
+    sink_token: bool = False  # start every window with a dedicated extra token (StreamingLLM section 3.3)
 
 
 def get_batch(data: torch.Tensor, block_size: int, batch_size: int, generator=None):
@@ -52,21 +53,32 @@ def get_batch(data: torch.Tensor, block_size: int, batch_size: int, generator=No
     return x, y
 
 
+def with_sink(x: torch.Tensor, y: torch.Tensor, sink_id: int):
+    """Windows x, y (B, T - 1) -> (B, T) with the sink token first; it predicts the first character."""
+    sink = torch.full_like(x[:, :1], sink_id)
+    return torch.cat([sink, x], 1), torch.cat([x[:, :1], y], 1)
+
+
 @torch.no_grad()
-def bits_per_char(model: GPT, data: torch.Tensor, block_size: int | None = None, batch_size: int = 32) -> float:
-    """Mean next-character loss in bits over non-overlapping windows covering `data`."""
+def bits_per_char(model: GPT, data: torch.Tensor, block_size: int | None = None, batch_size: int = 32,
+                  sink_id: int | None = None) -> float:
+    """Mean next-character loss in bits over non-overlapping windows covering `data`.
+
+    With sink_id, each window of block_size - 1 characters is preceded by the sink token."""
     model.eval()
-    t = block_size or model.config.block_size
+    t = (block_size or model.config.block_size) - (sink_id is not None)
     device = next(model.parameters()).device
     n = (len(data) - 1) // t
     x = data[: n * t].view(n, t)
     y = data[1: n * t + 1].view(n, t)
+    if sink_id is not None:
+        x, y = with_sink(x, y, sink_id)
     total = 0.0
     for b in range(0, n, batch_size):
         logits = model(x[b:b + batch_size].to(device))
         total += F.cross_entropy(logits.flatten(0, 1), y[b:b + batch_size].flatten().to(device),
                                  reduction="sum").item()
-    return total / (n * t) / math.log(2)
+    return total / y.numel() / math.log(2)
 
 
 def ngram_baselines(train: torch.Tensor, val: torch.Tensor, vocab_size: int) -> dict:
@@ -88,27 +100,33 @@ def lr_at(step: int, r: TextGPTRecipe) -> float:
     return r.min_lr + 0.5 * (r.lr - r.min_lr) * (1 + math.cos(math.pi * progress))
 
 
-def train_text_gpt(recipe: TextGPTRecipe | None = None, device=None, progress: bool = True):
-    """Train the char GPT; returns (model, meta) with the measured quality figures in meta."""
+def train_text_gpt(recipe: TextGPTRecipe | None = None, device=None, progress: bool = True, probe=None):
+    """Train the char GPT; returns (model, meta) with the measured quality figures in meta.
+
+    probe(model) -> float, if given, is recorded every eval_every steps in meta["probe_curve"]."""
     r = recipe or TextGPTRecipe()
     device = resolve_device(device)
     tok = CharTokenizer.from_text(text_corpus("all"))
     train, val = tok.encode(text_corpus("train")), tok.encode(text_corpus("val"))
     torch.manual_seed(r.seed)
     g = torch.Generator().manual_seed(r.seed)
-    cfg = GPTConfig(vocab_size=tok.vocab_size, block_size=r.block_size, n_layer=r.n_layer,
+    sink_id = tok.vocab_size if r.sink_token else None  # one extra id past the characters
+    cfg = GPTConfig(vocab_size=tok.vocab_size + r.sink_token, block_size=r.block_size, n_layer=r.n_layer,
                     n_head=r.n_head, n_embd=r.n_embd, dropout=r.dropout)
     model = GPT(cfg).to(device)
     decay = [p for p in model.parameters() if p.ndim >= 2]
     no_decay = [p for p in model.parameters() if p.ndim < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": r.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=r.lr, betas=(0.9, 0.95))
-    t0, losses, val_curve = time.perf_counter(), [], []
+    t0, losses, val_curve, probe_curve = time.perf_counter(), [], [], []
     bar = tqdm(range(r.steps), desc="text-gpt", disable=not progress)
     for step in bar:
         for group in opt.param_groups:
             group["lr"] = lr_at(step, r)
-        x, y = get_batch(train, r.block_size, r.batch_size, g)
+        if sink_id is None:
+            x, y = get_batch(train, r.block_size, r.batch_size, g)
+        else:
+            x, y = with_sink(*get_batch(train, r.block_size - 1, r.batch_size, g), sink_id)
         model.train()
         loss = F.cross_entropy(model(x.to(device)).flatten(0, 1), y.flatten().to(device))
         opt.zero_grad(set_to_none=True)
@@ -117,11 +135,16 @@ def train_text_gpt(recipe: TextGPTRecipe | None = None, device=None, progress: b
         opt.step()
         losses.append(loss.item())
         if (step + 1) % r.eval_every == 0:
-            val_curve.append((step + 1, bits_per_char(model, val)))
+            val_curve.append((step + 1, bits_per_char(model, val, sink_id=sink_id)))
+            if probe is not None:
+                probe_curve.append((step + 1, probe(model)))
             bar.set_postfix(loss=f"{loss.item():.3f}", val_bpc=f"{val_curve[-1][1]:.3f}")
     wall = time.perf_counter() - t0
     meta = {"chars": tok.chars, "recipe": dataclasses.asdict(r), "train_seconds": wall,
-            "val_bpc": bits_per_char(model, val), "val_curve": val_curve, **ngram_baselines(train, val, tok.vocab_size),
+            "val_bpc": bits_per_char(model, val, sink_id=sink_id), "val_curve": val_curve,
+            **({"probe_curve": probe_curve} if probe is not None else {}),
+            **({"sink_token_id": sink_id} if sink_id is not None else {}),
+            **ngram_baselines(train, val, tok.vocab_size),
             "final_train_loss": sum(losses[-50:]) / len(losses[-50:])}
     return model.eval(), meta
 

@@ -110,3 +110,22 @@ def test_bad_streaming_arguments_raise():
         streaming_nll(m, torch.zeros(10, dtype=torch.long), "sinkhorn")
     with pytest.raises(ValueError, match="ids"):
         streaming_nll(m, torch.zeros(1, dtype=torch.long), "dense")
+
+
+def test_stream_generate_matches_generate_inside_the_context_and_runs_forever():
+    from minimal.kv_cache import generate
+    from minimal.sinks import stream_generate
+
+    m = model()
+    prompt = torch.tensor([1, 2, 3])
+    assert torch.equal(stream_generate(m, prompt, 13, temperature=0), generate(m, prompt, 13, temperature=0))
+    ref = NaiveSinkCache(2, 4, 12)
+    long = stream_generate(m, prompt, 200, temperature=0)
+    assert long.shape == (200,)
+    assert torch.equal(long, stream_generate(m, prompt, 200, temperature=0, cache=ref))
+    # a prompt longer than the cache streams through it token by token
+    assert stream_generate(m, torch.arange(40) % 13, 5, temperature=0).shape == (5,)
+    with pytest.raises(ValueError, match="non-empty"):
+        stream_generate(m, torch.zeros(0, dtype=torch.long), 5)
+    with pytest.raises(ValueError, match="temperature"):
+        stream_generate(m, prompt, 5, temperature=-1.0)
