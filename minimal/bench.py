@@ -12,8 +12,11 @@ import argparse
 import importlib
 import json
 
+import torch
+
 BENCHMARKS = {
     "kv-cache": "minimal.kv_cache:bench",
+    "speculative": "minimal.speculative_bench:bench",
     "sinks": "minimal.sinks:bench",
 }
 
@@ -24,7 +27,12 @@ def main(argv=None) -> dict:
     parser.add_argument("--json", action="store_true", help="end with one JSON line of the figures")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, to check that it runs")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads for torch (default: torch's choice); use 1 on a machine shared with "
+                             "other jobs, where competing threads can slow small steps down 100x")
     args = parser.parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     module, fn = BENCHMARKS[args.name].split(":")
     table, figures = getattr(importlib.import_module(module), fn)(device=args.device, quick=args.quick)
     print(table)

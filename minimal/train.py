@@ -12,6 +12,9 @@ import json
 
 RECIPES = {
     "text-gpt": "minimal.text_gpt:train_recipe",
+    "text-gpt-sink": "minimal.sinks:train_sink_recipe",
+    "text-draft": "minimal.speculative:train_draft_recipe",
+    "image-gpt": "minimal.image_tokens:train_recipe",
 }
 
 

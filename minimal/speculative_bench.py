@@ -1,0 +1,199 @@
+"""`python -m minimal.bench speculative`: speculative decoding of the shipped char GPT, measured.
+
+Target: `text-gpt` (4 layers, width 192, context 128). Drafts, side by side in one run:
+    n-gram   `NGramDraft` of order 6 counted on the same training text (tens of microseconds a token)
+    GPT      the shipped `text-draft` (1 layer, width 96): cheaper than the target, but on a CPU both
+             are dominated by per-call overhead, so its cost ratio c is far from 0.
+Each sampler writes 256 new tokens at temperature 1 after a 16-character prompt. The target's context
+is 128, so all samplers use the same sliding window (`speculative.window_start`: when the context would
+pass 128 tokens, the cache is refilled with the last 64): same conditionals, same refill cost, fair.
+
+Figures: speedup = median wall time of target-only sampling / median of speculative sampling (runs
+interleaved); alpha = mean of sum_y min(p, q) over judged positions; tokens per target call measured
+and predicted (1 - alpha^(gamma + 1)) / (1 - alpha); c = draft time per drafted token / target-only
+time per token; speedup_predicted = (1 - alpha^(gamma + 1)) / ((1 - alpha)(gamma c + 1)).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .checkpoints import load_pretrained
+from .data import CharTokenizer, text_corpus
+from .kv_cache import KVCache
+from .speculative import GPTDraft, NGramDraft, autoregressive_generate, expected_tokens, speculative_generate
+from .timing import Timer, measure, percentile, resolve_device
+
+
+def _step_costs(target, drafts: dict, context: torch.Tensor, gamma: int, device) -> dict:
+    """Median seconds of: one target step (1 token), one verification (gamma + 1 tokens), and one drafted
+    token of each draft (propose(context, gamma) / gamma), measured side by side on the same context."""
+    g = torch.Generator(device=device).manual_seed(0)
+    cache = KVCache.for_model(target)
+    target(context[None, :-1], cache)
+    n = cache.length
+
+    def target_call(t):
+        target(context[None, -t:], cache)
+        cache.crop(n)
+
+    costs = {"step": lambda: target_call(1), "verify": lambda: target_call(gamma + 1)}
+    costs.update({k: (lambda d=d: d.propose(context, gamma, 1.0, g)) for k, d in drafts.items()})
+    out = {k: measure(fn, warmup=5, repeats=100, device=device).median for k, fn in costs.items()}
+    return {k: v / gamma if k in drafts else v for k, v in out.items()}
+
+
+def _run(fn, device):
+    with Timer(device) as t:
+        out = fn()
+    return t.seconds, out
+
+
+def _continuous(result: dict, quick: bool, repeats: int, device) -> str:
+    """Continuous speculative decoding on SpriteWorld trajectories (CPU: torch.distributions in the loop)."""
+    from .speculative_continuous import (
+        ContinuousARConfig,
+        speculative_sample,
+        target_sample,
+        train_continuous,
+        trajectories,
+    )
+
+    steps, n_new = (20, 8) if quick else (400, 64)
+    data = trajectories(200, 40)
+    target = train_continuous(ContinuousARConfig(hidden=256, n_layer=3), data, steps, seed=0)
+    draft = train_continuous(ContinuousARConfig(hidden=32, n_layer=1, context=2), data, steps, seed=1)
+    prompt = trajectories(1, 40, seed=1)[0, :3]
+    times, stats = {"target": [], "spec": []}, []
+    for r in range(repeats + 1):  # the first run is a warm-up
+        g = torch.Generator().manual_seed(r)
+        t_target, _ = _run(lambda g=g: (target_sample(target, prompt, n_new, g), None), "cpu")
+        t_spec, (_, st) = _run(lambda g=g: speculative_sample(target, draft, prompt, n_new, 4, g), "cpu")
+        if r:
+            times["target"].append(t_target)
+            times["spec"].append(t_spec)
+            stats.append(st)
+    speedup = percentile(times["target"], 50) / percentile(times["spec"], 50)
+    alpha = sum(s["accepted"] for s in stats) / sum(s["accepted"] + s["target_calls"] for s in stats)
+    tpc = len(stats) * n_new / sum(s["target_calls"] for s in stats)
+    result.update(continuous_speedup=speedup, continuous_alpha=alpha, continuous_tokens_per_call=tpc)
+    return (f"{'continuous (GMM head)':>26} | {percentile(times['spec'], 50) / n_new * 1e3:>8.3f} {speedup:>6.2f}x | "
+            f"{alpha:>5.3f} {tpc:>8.2f}        (2-D trajectories, {n_new} tokens; accepted / (accepted + calls))")
+
+
+def _grouped(result: dict, quick: bool, repeats: int) -> list[str]:
+    """Exact SD vs grouped SD on image tokens: speed, and sprite validity of the decoded frames."""
+    from functools import partial
+
+    from .image_tokens import codebook_groups, grouped_accept_reject, load_setup, make_setup
+    from .speculative import accept_reject
+    from .toybench import validity_rate
+
+    s = make_setup(quick=True) if quick else load_setup()
+    n_frames, half = (2, 32) if quick else (40, 32)  # prompt: the top half of a held-out frame
+    rules = {"exact SD": accept_reject, **{f"GSD radius {r}": partial(grouped_accept_reject,
+                                                                      groups=codebook_groups(s.tokenizer, r))
+                                           for r in (1.0, 2.0)}}
+
+    def run(rule):
+        out = []
+        for i in range(n_frames):
+            g = torch.Generator().manual_seed(i)
+            prompt = s.tokens[i, :half]
+            new = autoregressive_generate(s.target, prompt, 64 - half, 1.0, g) if rule is None else \
+                speculative_generate(s.target, s.draft, prompt, 64 - half, 4, 1.0, g, accept=rule)[0]
+            out.append(torch.cat([prompt, new]))
+        return torch.stack(out)
+
+    names = ["image target only", *rules]
+    times, tokens = {k: [] for k in names}, {}
+    for _ in range(repeats if not quick else 1):
+        for name in names:
+            seconds, out = _run(lambda name=name: run(rules.get(name)), "cpu")
+            times[name].append(seconds)
+            tokens[name] = out
+    valid = {k: validity_rate(s.tokenizer.decode(v)) for k, v in tokens.items()}
+    base, exact = percentile(times["image target only"], 50), percentile(times["exact SD"], 50)
+    real = validity_rate(s.tokenizer.decode(s.tokens[:n_frames]))
+    result.update(image_exact_speedup=base / exact, image_valid_real=real,
+                  image_valid_target=valid["image target only"], image_valid_exact=valid["exact SD"])
+    rows = [f"{'image tokens, ' + str(n_frames) + ' frames':>26} | real frames through the tokenizer: "
+            f"{real:.0%} valid"]
+    for name in names:
+        t = percentile(times[name], 50)
+        rows.append(f"{name:>26} | {base / t:>6.2f}x over target, {exact / t:>5.2f}x over exact SD | "
+                    f"{valid[name]:.0%} of decoded frames valid")
+        if name.startswith("GSD"):
+            key = "gsd_r" + name.split()[-1].replace(".", "_")
+            result.update({f"{key}_speedup_over_exact": exact / t, f"{key}_valid": valid[name]})
+    return rows
+
+
+def bench(device=None, quick: bool = False, repeats: int = 7, gamma: int = 4) -> tuple[str, dict]:
+    """On the CPU the run uses one intra-op thread (restored afterwards): these models are so small that
+    a second thread only adds synchronisation, and on a shared 2-core machine it makes timings erratic."""
+    device = resolve_device(device)
+    threads = torch.get_num_threads()
+    if device.type == "cpu":
+        torch.set_num_threads(1)
+    try:
+        with torch.no_grad():
+            return _bench(device, quick, repeats, gamma)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _bench(device, quick: bool, repeats: int, gamma: int) -> tuple[str, dict]:
+    target, meta = load_pretrained("text-gpt", device=device)
+    draft_gpt, _ = load_pretrained("text-draft", device=device)
+    tok = CharTokenizer(meta["chars"])
+    order, n_new, repeats = (3, 32, 1) if quick else (6, 256, repeats)
+    ngram = NGramDraft(tok.encode(text_corpus("train")), tok.vocab_size, order=order).to(device)
+    prompt = tok.encode(text_corpus("val")[:16]).to(device)
+    samplers = {
+        "target only": lambda g: (autoregressive_generate(target, prompt, n_new, 1.0, g), None),
+        f"n-gram draft (order {order})": lambda g: speculative_generate(target, ngram, prompt, n_new, gamma, 1.0, g),
+        "GPT draft (text-draft)": lambda g: speculative_generate(target, draft_gpt, prompt, n_new, gamma, 1.0, g),
+    }
+    gen = lambda seed: torch.Generator(device=device).manual_seed(seed)  # noqa: E731
+    for fn in samplers.values():  # warm-up
+        fn(gen(0))
+    times, stats = {k: [] for k in samplers}, {k: [] for k in samplers}
+    for r in range(repeats):  # interleaved, so drift in machine speed hits every sampler alike
+        for name, fn in samplers.items():
+            seconds, (_, st) = _run(lambda fn=fn, r=r: fn(gen(r + 1)), device)
+            times[name].append(seconds)
+            stats[name].append(st)
+
+    context = torch.cat([prompt, speculative_generate(target, ngram, prompt, 48, gamma, 1.0, gen(0))[0]])
+    costs = _step_costs(target, {"": ngram, "gpt_": GPTDraft(draft_gpt)}, context, gamma, device)
+    v = costs["verify"] / costs["step"]  # the papers assume 1: scoring gamma + 1 tokens costs one step
+    base = percentile(times["target only"], 50)
+    rows, result = [], {"device": str(device), "new_tokens": n_new, "gamma": gamma, "repeats": repeats,
+                        "ms_per_token_target": base / n_new * 1e3, "ms_target_step": costs["step"] * 1e3,
+                        "verify_cost_ratio": v}
+    header = f"{'sampler':>26} | {'ms/token':>8} {'speedup':>7} | {'alpha':>5} {'tok/call':>8} {'pred':>5} | " \
+             f"{'c':>6} {'pred (v=1)':>10} {'pred (v)':>8}"
+    rows.append(f"{'target only':>26} | {base / n_new * 1e3:>8.3f} {1.0:>6.2f}x |")
+    for name, key in ((list(samplers)[1], ""), (list(samplers)[2], "gpt_")):
+        sts = stats[name]
+        alpha = sum(s.beta_sum for s in sts) / sum(s.beta_count for s in sts)
+        calls = sum(s.target_calls for s in sts)
+        tpc = sum(s.emitted for s in sts) / calls
+        tpc_pred = sum(s.tokens_per_call_predicted * s.target_calls for s in sts) / calls
+        c = costs[key] / costs["step"]
+        speedup = base / percentile(times[name], 50)
+        predicted = expected_tokens(alpha, gamma) / (gamma * c + 1)  # Leviathan et al.: verify = one step
+        predicted_v = expected_tokens(alpha, gamma) / (gamma * c + v)  # with the measured verification cost
+        result.update({f"{key}speedup": speedup, f"{key}alpha": alpha, f"{key}tokens_per_call": tpc,
+                       f"{key}tokens_per_call_predicted": tpc_pred, f"{key}cost_ratio": c,
+                       f"{key}speedup_predicted": predicted, f"{key}speedup_predicted_with_verify_cost": predicted_v})
+        rows.append(f"{name:>26} | {percentile(times[name], 50) / n_new * 1e3:>8.3f} {speedup:>6.2f}x | "
+                    f"{alpha:>5.3f} {tpc:>8.2f} {tpc_pred:>5.2f} | {c:>6.3f} {predicted:>9.2f}x {predicted_v:>7.2f}x")
+    title = (f"Speculative decoding, text-gpt target, gamma = {gamma}, {n_new} new tokens at temperature 1, "
+             f"{device}, median of {repeats} interleaved runs")
+    rows.append(_continuous(result, quick, repeats, device))
+    rows += _grouped(result, quick, 3)
+    note = (f"target step {costs['step'] * 1e3:.3f} ms, verification of {gamma + 1} tokens "
+            f"{costs['verify'] * 1e3:.3f} ms: v = {v:.2f} target steps")
+    return "\n".join([title, header, "-" * len(header), *rows, note]), result
