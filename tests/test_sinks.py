@@ -129,3 +129,13 @@ def test_stream_generate_matches_generate_inside_the_context_and_runs_forever():
         stream_generate(m, torch.zeros(0, dtype=torch.long), 5)
     with pytest.raises(ValueError, match="temperature"):
         stream_generate(m, prompt, 5, temperature=-1.0)
+
+
+def test_shipped_sink_token_model():
+    from minimal.checkpoints import load_pretrained
+
+    m, meta = load_pretrained("text-gpt-sink")
+    assert meta["sink_token_id"] == m.config.vocab_size - 1 == len(meta["chars"])
+    assert meta["val_bpc"] <= 1.75 and len(meta["probe_curve"]) == meta["recipe"]["steps"] // 100
+    ids = torch.tensor([[meta["sink_token_id"], 5, 6, 7]])
+    assert m(ids).shape == (1, 4, m.config.vocab_size)
