@@ -24,3 +24,12 @@ def pytest_collection_modifyitems(config, items):
 def device_dtype(request):
     """(device, dtype) pairs; tolerances should scale with the dtype (bf16 keeps ~3 digits)."""
     return request.param
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models on a shared CPU: one intra-op thread is faster and keeps the tests quick."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -21,14 +21,7 @@ from minimal.speculative import (
 )
 from minimal.transformer import GPT, GPTConfig
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models on a shared CPU: one intra-op thread is faster and keeps the tests quick."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_gpt(vocab_size=5, block_size=32, seed=0, n_embd=16):

@@ -81,3 +81,16 @@ def single_thread(check: Callable) -> Callable:
             torch.set_num_threads(threads)
 
     return wrapper
+
+
+def random_kv(*shape, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Seeded random keys and values of the given shape."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(*shape, generator=g), torch.randn(*shape, generator=g)
+
+
+def kv_pair(what: str, out) -> tuple[torch.Tensor, torch.Tensor]:
+    """Check that `out` is a (keys, values) pair of tensors and return it."""
+    if not (isinstance(out, tuple | list) and len(out) == 2):
+        fail(what, "a tuple (keys, values) of two tensors", f"{type(out).__name__}")
+    return expect_tensor(what + " (keys)", out[0]), expect_tensor(what + " (values)", out[1])

@@ -14,7 +14,17 @@ from minimal.kv_cache import KVCache as ReferenceKVCache
 from minimal.kv_cache import generate
 from minimal.transformer import GPT, GPTConfig, attention, causal_mask
 
-from .common import expect_close, expect_equal, expect_raises, expect_shape, expect_tensor, fail, passed, single_thread
+from .common import (
+    expect_close,
+    expect_equal,
+    expect_raises,
+    expect_shape,
+    fail,
+    kv_pair,
+    passed,
+    random_kv,
+    single_thread,
+)
 
 ATOL_LOGITS = 1e-4  # cache vs recompute, float32
 ATOL_ATTENTION = 1e-5
@@ -34,17 +44,6 @@ def _tiny_gpt(seed: int = 0) -> GPT:
     return model
 
 
-def _kv(*shape, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(*shape, generator=g), torch.randn(*shape, generator=g)
-
-
-def _pair(what: str, out) -> tuple[torch.Tensor, torch.Tensor]:
-    if not (isinstance(out, tuple | list) and len(out) == 2):
-        fail(what, "a tuple (keys, values) of two tensors", f"{type(out).__name__}")
-    return expect_tensor(what + " (keys)", out[0]), expect_tensor(what + " (values)", out[1])
-
-
 def _same_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
     return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
 
@@ -55,9 +54,9 @@ def check_update(KVCache) -> None:
     B, H, D = 2, 3, 4
     cache = KVCache(2, B, H, D, 8)  # n_layer, batch_size, n_head, head_dim, capacity
     k_buffer, k_ptr = cache.k, cache.k.data_ptr()
-    k1, v1 = _kv(B, H, 5, D, seed=1)
+    k1, v1 = random_kv(B, H, 5, D, seed=1)
 
-    ks, vs = _pair("update(1, k, v) returns", cache.update(1, k1, v1))
+    ks, vs = kv_pair("update(1, k, v) returns", cache.update(1, k1, v1))
     expect_close("keys returned by the first update(1, k, v), T = 5 new positions", ks, k1, 0.0)
     expect_close("values returned by the first update(1, k, v)", vs, v1, 0.0)
     expect_equal("cache.length after update(...) (update must not move it: the model calls advance(T) "
@@ -67,8 +66,8 @@ def check_update(KVCache) -> None:
 
     cache.update(0, 2 * k1, 2 * v1)
     cache.advance(5)
-    k2, v2 = _kv(B, H, 1, D, seed=2)
-    ks, vs = _pair("update(1, k, v) returns", cache.update(1, k2, v2))
+    k2, v2 = random_kv(B, H, 1, D, seed=2)
+    ks, vs = kv_pair("update(1, k, v) returns", cache.update(1, k2, v2))
     hint = "the T new positions go to slots [length, length + T); return slots [0, length + T)"
     expect_shape("keys returned by update(1, k, v) with 5 cached positions and 1 new one", ks, (B, H, 6, D), hint)
     expect_close("keys returned after 5 cached + 1 new: the cached keys, then the new one",
@@ -94,23 +93,23 @@ def check_update(KVCache) -> None:
 def check_capacity(KVCache) -> None:
     """A write that does not fit raises ValueError and changes nothing; one that fills it exactly works."""
     cache = KVCache(1, 1, 2, 4, 6)
-    k, v = _kv(1, 2, 4, 4, seed=3)
+    k, v = random_kv(1, 2, 4, 4, seed=3)
     cache.update(0, k, v)
     cache.advance(4)
-    k3, v3 = _kv(1, 2, 3, 4, seed=4)
+    k3, v3 = random_kv(1, 2, 3, 4, seed=4)
     expect_raises("update(0, k, v) with 3 new positions when 4 of the 6 slots are used", ValueError,
                   lambda: cache.update(0, k3, v3), hint="check length + T > capacity before writing")
     expect_equal("cache.length after the rejected update", cache.length, 4)
     expect_close("cached keys after the rejected update (a rejected write must leave the cache as it was)",
                  cache.k[0, :, :, :4], k, 0.0, hint="raise before writing anything")
-    k2, v2 = _kv(1, 2, 2, 4, seed=5)
+    k2, v2 = random_kv(1, 2, 2, 4, seed=5)
     try:
         out = cache.update(0, k2, v2)
     except ValueError as e:
         fail("update(0, k, v) with 2 new positions when 4 of 6 are used (fills the cache exactly)", "no error",
              f"ValueError: {e}", hint="the last slot is capacity - 1: a write is too big only if "
                                       "length + T > capacity")
-    ks, _ = _pair("update(0, k, v) returns", out)
+    ks, _ = kv_pair("update(0, k, v) returns", out)
     expect_close("keys after filling the cache exactly", ks, torch.cat([k, k2], dim=2), 0.0)
     passed("check_capacity", "an overflowing write raises ValueError and changes nothing; an exact fit works")
 
@@ -119,13 +118,13 @@ def check_capacity(KVCache) -> None:
 def check_crop(KVCache) -> None:
     """crop(n) rolls back to n positions (the next write lands at n); n outside [0, length] -> ValueError."""
     cache = KVCache(1, 1, 2, 4, 8)
-    k, v = _kv(1, 2, 5, 4, seed=6)
+    k, v = random_kv(1, 2, 5, 4, seed=6)
     cache.update(0, k, v)
     cache.advance(5)
     cache.crop(2)
     expect_equal("cache.length after crop(2) with 5 cached", cache.length, 2)
-    k1, v1 = _kv(1, 2, 1, 4, seed=7)
-    ks, vs = _pair("update after crop(2) returns", cache.update(0, k1, v1))
+    k1, v1 = random_kv(1, 2, 1, 4, seed=7)
+    ks, vs = kv_pair("update after crop(2) returns", cache.update(0, k1, v1))
     expect_close("keys returned by the first update after crop(2): the 2 kept keys, then the new one", ks,
                  torch.cat([k[:, :, :2], k1], dim=2), 0.0, hint="after crop(n) the next write lands at slot n")
     cache.advance(1)

@@ -13,21 +13,20 @@ import torch
 
 from minimal.sinks import NaiveSinkCache, SinkCache
 
-from .common import expect_close, expect_equal, expect_shape, expect_tensor, fail, passed, single_thread
+from .common import (
+    expect_close,
+    expect_equal,
+    expect_shape,
+    expect_tensor,
+    fail,
+    kv_pair,
+    passed,
+    random_kv,
+    single_thread,
+)
 from .kv_cache import _tiny_gpt
 
 ATOL_LOGITS = 1e-4
-
-
-def _kv(*shape, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(*shape, generator=g), torch.randn(*shape, generator=g)
-
-
-def _pair(what: str, out) -> tuple[torch.Tensor, torch.Tensor]:
-    if not (isinstance(out, tuple | list) and len(out) == 2):
-        fail(what, "a tuple (keys, values) of two tensors", f"{type(out).__name__}")
-    return expect_tensor(what + " (keys)", out[0]), expect_tensor(what + " (values)", out[1])
 
 
 @single_thread
@@ -56,11 +55,11 @@ def check_update(RollingCache) -> None:
         k_buffer = ours.k
         steps = [3] + [1] * 20 if n_sink + window >= 3 else [1] * 20  # a prefill chunk, then token by token
         for i, n in enumerate(steps):
-            k, v = _kv(B, H, n, D, seed=100 + i)
+            k, v = random_kv(B, H, n, D, seed=100 + i)
             for layer in range(L):
                 what = (f"n_sink={n_sink}, window={window}: update(layer={layer}, ...) with {n} new token(s) "
                         f"after {ref.n_seen} streamed")
-                ks, vs = _pair(what, ours.update(layer, k * (layer + 1), v * (layer + 1)))
+                ks, vs = kv_pair(what, ours.update(layer, k * (layer + 1), v * (layer + 1)))
                 rk, rv = ref.update(layer, k * (layer + 1), v * (layer + 1))
                 hint = ("before the cache is full, write slots [n_seen, n_seen + T) and return slots [0, n_seen + T); "
                         "once full, the new token overwrites slot n_sink + (n_seen - n_sink) % window (the oldest "
@@ -86,7 +85,7 @@ def check_key_positions(RollingCache) -> None:
         ours, ref = RollingCache(1, B, H, D, n_sink, window), SinkCache(1, B, H, D, n_sink, window)
         steps = [2] + [1] * 25
         for i, n in enumerate(steps):
-            k, v = _kv(B, H, n, D, seed=200 + i)
+            k, v = random_kv(B, H, n, D, seed=200 + i)
             ours.update(0, k, v)
             ref.update(0, k, v)
             what = (f"n_sink={n_sink}, window={window}: key_positions() after {ref.n_seen} streamed + {n} new "
