@@ -1,0 +1,145 @@
+"""MeanFlow (Geng, Deng, Bai, Kolter, He 2025): one-step generation by learning the *average* velocity.
+
+Flow matching (flow_matching.py) learns the instantaneous velocity v(z, t) and needs many small steps
+because the paths curve. MeanFlow learns the average velocity over an interval [r, t]:
+
+    u(z_t, r, t) = 1/(t - r) * integral_r^t v(z_tau, tau) dtau
+
+so one evaluation jumps the whole interval exactly:  z_r = z_t - (t - r) u(z_t, r, t). The integral is
+not available in training, but differentiating (t - r) u = integral_r^t v with respect to t gives the
+MeanFlow identity
+
+    u(z_t, r, t) = v(z_t, t) - (t - r) du/dt,     du/dt = v . d_z u + d_t u   (r held fixed)
+
+and du/dt is a single Jacobian-vector product of the network at (z, r, t) with tangents (v, 0, 1).
+Training regresses u_theta onto the stop-gradient target
+
+    u_tgt = v - (t - r) * JVP,      L = || u_theta(z_t, r, t) - sg(u_tgt) ||^2
+
+with v = e - x the conditional velocity, (r, t) from two logit-normal draws (t = max, r = min) and a
+fraction of pairs forced to r = t (plain flow matching), and the adaptive weight
+L = Delta / sg((Delta + c)^p), Delta the per-sample squared error. The network is conditioned on
+(t, h = t - r). Classifier-free guidance can be baked into the target, v~ = w v + (1 - w) u(z, t, t | null),
+so guided sampling still costs one evaluation.
+
+Forward-mode AD: PyTorch's fused attention kernels have no JVP rule, so the JVP runs under the math
+backend of scaled_dot_product_attention (`sdpa_kernel(SDPBackend.MATH)`).
+Simplifications: no EMA, fp32 only, CFG with one weight w (the paper also mixes in a conditional term).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+from torch.func import jvp
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from .flow_matching import check_nfe, check_times, expand_time, interpolate, sample_time
+
+
+def check_interval(r: torch.Tensor, t: torch.Tensor) -> None:
+    """0 <= r <= t <= 1, elementwise."""
+    check_times("r", r)
+    check_times("t", t)
+    if r.shape != t.shape:
+        raise ValueError(f"r and t must have the same shape, got {tuple(r.shape)} and {tuple(t.shape)}")
+    if (r > t).any():
+        raise ValueError("r must be <= t (MeanFlow jumps backwards in time from t to r), "
+                         f"got r - t up to {float((r - t).max()):.4g}")
+
+
+def sample_r_t(n: int, ratio_neq: float = 0.25, dist: str = "logit_normal", mu: float = -0.4,
+               sigma: float = 1.0, generator=None, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(r, t), each (n,): t = max and r = min of two draws; a fraction 1 - ratio_neq gets r = t."""
+    if not 0.0 <= ratio_neq <= 1.0:
+        raise ValueError(f"ratio_neq must be in [0, 1], got {ratio_neq}")
+    a = sample_time(n, dist, mu, sigma, generator, device)
+    b = sample_time(n, dist, mu, sigma, generator, device)
+    t, r = torch.maximum(a, b), torch.minimum(a, b)
+    equal = torch.rand(n, generator=generator, device=device) >= ratio_neq
+    return torch.where(equal, t, r), t
+
+
+def mean_flow_target(net: nn.Module, z: torch.Tensor, r: torch.Tensor, t: torch.Tensor, v: torch.Tensor,
+                     y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """u_theta(z, r, t) (differentiable) and u_tgt = v - (t - r) du/dt (detached).
+
+    du/dt is one forward-mode JVP of (z, r, t) -> u_theta(z, t, h = t - r) with tangents (v, 0, 1).
+    """
+    check_interval(r, t)
+    if v.shape != z.shape:
+        raise ValueError(f"v must have the shape of z {tuple(z.shape)}, got {tuple(v.shape)}")
+
+    def u_fn(z_, r_, t_):
+        return net(z_, t_, t_ - r_, y)
+
+    with sdpa_kernel(SDPBackend.MATH):  # the fused attention kernels have no forward-mode AD rule
+        u, dudt = jvp(u_fn, (z, r, t), (v, torch.zeros_like(r), torch.ones_like(t)))
+    u_tgt = v - expand_time(t - r, z) * dudt
+    return u, u_tgt.detach()
+
+
+def mean_flow_loss(net: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None, ratio_neq: float = 0.25,
+                   p: float = 1.0, c: float = 1e-3, dist: str = "logit_normal", mu: float = -0.4,
+                   sigma: float = 1.0, cfg_w: float = 1.0, generator=None) -> torch.Tensor:
+    """The MeanFlow loss on data x (B, ...); with cfg_w != 1 the guided velocity v~ replaces v.
+
+    For guidance, y must already carry some "no label" entries (label dropout) so u(., null) is learned.
+    """
+    e = torch.randn(x.shape, generator=generator, device=x.device)
+    r, t = sample_r_t(x.shape[0], ratio_neq, dist, mu, sigma, generator, x.device)
+    z = interpolate(x, e, t)
+    v = e - x
+    if cfg_w != 1.0:
+        if y is None:
+            raise ValueError("cfg_w != 1 needs class labels y")
+        with torch.no_grad():  # v~ = w v + (1 - w) u(z, t, t | null)
+            v_null = net(z, t, torch.zeros_like(t), None)
+        v = cfg_w * v + (1 - cfg_w) * v_null
+    u, u_tgt = mean_flow_target(net, z, r, t, v, y)
+    delta = ((u - u_tgt) ** 2).flatten(1).sum(1)  # (B,) per-sample squared error
+    return (delta / (delta.detach() + c) ** p).mean()  # adaptive weight Delta / sg((Delta + c)^p)
+
+
+@torch.no_grad()
+def mean_flow_sample(net: nn.Module, e: torch.Tensor, steps: int = 1, y: torch.Tensor | None = None,
+                     return_path: bool = False):
+    """From noise e (t = 1) to data in `steps` jumps z_r = z_t - (t - r) u(z_t, r, t), evenly spaced."""
+    check_nfe(steps)
+    ts = torch.linspace(1.0, 0.0, steps + 1, device=e.device, dtype=e.dtype)
+    z, path = e, [e]
+    for t, r in zip(ts[:-1], ts[1:], strict=True):
+        tb = t.expand(e.shape[0])
+        z = z - (t - r) * net(z, tb, (t - r).expand(e.shape[0]), y)
+        path.append(z)
+    return torch.stack(path) if return_path else z
+
+
+# ---------------------------------------------------------------------------------------------------
+# Gaussian data: everything in closed form (used to test the target)
+# ---------------------------------------------------------------------------------------------------
+
+def _gaussian_moments(t, m, s):
+    """Mean m_t = (1 - t) m and std sigma_t = sqrt((1 - t)^2 s^2 + t^2) of z_t for x ~ N(m, s^2 I)."""
+    return (1 - t) * m, ((1 - t) ** 2 * s ** 2 + t ** 2).sqrt()
+
+
+def gaussian_velocity(z: torch.Tensor, t: torch.Tensor, m: float, s: float) -> torch.Tensor:
+    """Marginal velocity E[e - x | z_t = z] = -m + (sigma_t'/sigma_t)(z - m_t) for x ~ N(m, s^2 I)."""
+    t = expand_time(t, z)
+    m_t, sig_t = _gaussian_moments(t, m, s)
+    return -m + (t - (1 - t) * s ** 2) / sig_t ** 2 * (z - m_t)
+
+
+def gaussian_average_velocity(z: torch.Tensor, r: torch.Tensor, t: torch.Tensor, m: float,
+                              s: float) -> torch.Tensor:
+    """u(z, r, t) = (z - z_r) / (t - r): the flow maps z_t to z_r = m_r + (sigma_r / sigma_t)(z - m_t).
+
+    At r = t this is the instantaneous velocity.
+    """
+    t_, r_ = expand_time(t, z), expand_time(r, z)
+    m_t, sig_t = _gaussian_moments(t_, m, s)
+    m_r, sig_r = _gaussian_moments(r_, m, s)
+    z_r = m_r + sig_r / sig_t * (z - m_t)
+    gap = t_ - r_
+    return torch.where(gap > 0, (z - z_r) / gap.clamp_min(1e-12), gaussian_velocity(z, t, m, s))

@@ -1,0 +1,234 @@
+"""Flow matching and MeanFlow: the JVP, the MeanFlow target against closed forms, samplers, bad input."""
+
+import math
+
+import pytest
+import torch
+from torch.func import jvp
+
+from minimal.flow_matching import (
+    FlowMLP,
+    FlowMLPConfig,
+    FrameDiT,
+    FrameDiTConfig,
+    euler_sample,
+    fm_loss,
+    interpolate,
+    sample_time,
+    sliced_wasserstein,
+)
+from minimal.mean_flow import (
+    gaussian_average_velocity,
+    gaussian_velocity,
+    mean_flow_loss,
+    mean_flow_sample,
+    mean_flow_target,
+    sample_r_t,
+)
+
+M, S = 0.7, 0.5  # Gaussian data x ~ N(M, S^2 I)
+
+
+def analytic_u(z, t, h, y=None):
+    """The exact average velocity of Gaussian data, with the network's (z, t, h = t - r) signature."""
+    return gaussian_average_velocity(z, t - h, t, M, S)
+
+
+def analytic_v(z, t, h, y=None):
+    return gaussian_velocity(z, t, M, S)
+
+
+def random_interval(n, generator):
+    t = torch.rand(n, generator=generator, dtype=torch.float64) * 0.9 + 0.05
+    return t * torch.rand(n, generator=generator, dtype=torch.float64), t
+
+
+def test_interpolation_endpoints_and_velocity():
+    x, e = torch.randn(5, 3), torch.randn(5, 3)
+    assert torch.equal(interpolate(x, e, torch.zeros(5)), x)
+    assert torch.equal(interpolate(x, e, torch.ones(5)), e)
+    t = torch.rand(5)
+    dt = 1e-3
+    fd = (interpolate(x, e, t + dt) - interpolate(x, e, t - dt)) / (2 * dt)
+    assert torch.allclose(fd, e - x, atol=1e-3)  # v = dz_t/dt = e - x
+
+
+def test_gaussian_closed_forms_are_consistent():
+    """u at r = t is v; u is the finite-difference slope of the exact flow map; dz/dt = v along it."""
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(64, 3, generator=g, dtype=torch.float64)
+    r, t = random_interval(64, g)
+    assert torch.allclose(gaussian_average_velocity(z, t, t, M, S), gaussian_velocity(z, t, M, S))
+    # integrate dz/dtau = v from t down to r with many small Euler steps: the jump is (t - r) u
+    zz, n = z.clone(), 4000
+    for k in range(n):
+        tau = t - (t - r) * k / n
+        zz = zz - ((t - r) / n)[:, None] * gaussian_velocity(zz, tau, M, S)
+    assert torch.allclose((z - zz) / (t - r)[:, None], gaussian_average_velocity(z, r, t, M, S), atol=1e-3)
+
+
+def test_mean_flow_target_equals_analytic_u_for_gaussian_data():
+    """With the exact u as the network and the marginal v as tangent, u_tgt = v - (t - r) du/dt = u."""
+    g = torch.Generator().manual_seed(1)
+    z = torch.randn(256, 4, generator=g, dtype=torch.float64)
+    r, t = random_interval(256, g)
+    v = gaussian_velocity(z, t, M, S)
+    u, u_tgt = mean_flow_target(analytic_u, z, r, t, v)
+    assert (u_tgt - u).abs().max() < 1e-10
+    assert (u - gaussian_average_velocity(z, r, t, M, S)).abs().max() < 1e-12
+
+
+def test_conditional_target_is_unbiased_for_gaussian_data():
+    """Training uses v = e - x, not the marginal v; averaged over (x, e) meeting at z it gives the same u."""
+    g = torch.Generator().manual_seed(2)
+    n = 200_000
+    x = M + S * torch.randn(n, 1, generator=g, dtype=torch.float64)
+    e = torch.randn(n, 1, generator=g, dtype=torch.float64)
+    r = torch.full((n,), 0.2, dtype=torch.float64)
+    t = torch.full((n,), 0.7, dtype=torch.float64)
+    z = interpolate(x, e, t)
+    _, u_tgt = mean_flow_target(analytic_u, z, r, t, e - x)
+    # the target is affine in v, so its regression on z (least squares) recovers u exactly in expectation
+    features = torch.cat([torch.ones_like(z), z], dim=1)
+    coef = torch.linalg.lstsq(features, u_tgt).solution
+    zs = torch.linspace(-1, 2, 7, dtype=torch.float64)[:, None]
+    u_true = gaussian_average_velocity(zs, r[:7], t[:7], M, S)
+    assert torch.allclose(torch.cat([torch.ones_like(zs), zs], 1) @ coef, u_true, atol=0.01)
+
+
+@pytest.mark.parametrize("make", [lambda: FlowMLP(FlowMLPConfig(dim=2, width=32, depth=2)),
+                                  lambda: FrameDiT(FrameDiTConfig(size=4, patch=2, n_embd=16, n_layer=1, n_head=2))])
+def test_jvp_total_derivative_matches_finite_differences(make):
+    torch.manual_seed(0)
+    net = make().double()
+    for p in net.parameters():  # move the zero-initialised output layers off zero
+        p.data.add_(0.05 * torch.randn_like(p))
+    shape = (6, 2) if isinstance(net, FlowMLP) else (6, 3, 4, 4)
+    z, v = torch.randn(shape, dtype=torch.float64), torch.randn(shape, dtype=torch.float64)
+    t = torch.rand(6, dtype=torch.float64) * 0.5 + 0.3
+    r = t * 0.4
+    u, u_tgt = mean_flow_target(net, z, r, t, v)
+    eps = 1e-6
+    with torch.no_grad():  # d/dt u(z + (t' - t) v, r, t') at t' = t, by central differences
+        plus = net(z + eps * v, t + eps, t + eps - r)
+        minus = net(z - eps * v, t - eps, t - eps - r)
+    dudt = (plus - minus) / (2 * eps)
+    gap = (t - r).view(-1, *[1] * (z.ndim - 1))
+    assert torch.allclose(u_tgt, v - gap * dudt, atol=1e-6)
+    assert torch.allclose(u, net(z, t, t - r))
+
+
+def test_jvp_through_attention_uses_the_math_backend():
+    """The fused CPU attention kernel has no forward-mode rule; the target runs the math backend and
+    agrees with the hand-written attention path."""
+    torch.manual_seed(0)
+    net = FrameDiT(FrameDiTConfig(size=4, patch=2, n_embd=16, n_layer=2, n_head=2))
+    for p in net.parameters():
+        p.data.add_(0.05 * torch.randn_like(p))
+    z, v = torch.randn(3, 3, 4, 4), torch.randn(3, 3, 4, 4)
+    t = torch.tensor([0.9, 0.5, 0.3])
+    r = torch.tensor([0.1, 0.5, 0.0])
+    tangents = (v, torch.zeros_like(r), torch.ones_like(t))
+    with pytest.raises(Exception, match="forward AD"):
+        jvp(lambda z_, r_, t_: net(z_, t_, t_ - r_), (z, r, t), tangents)
+    _, manual = jvp(lambda z_, r_, t_: net(z_, t_, t_ - r_, None, manual=True), (z, r, t), tangents)
+    u, u_tgt = mean_flow_target(net, z, r, t, v)
+    assert torch.allclose(u_tgt, v - (t - r).view(-1, 1, 1, 1) * manual, atol=1e-5)
+
+
+def test_mean_flow_loss_trains_the_network_and_u_keeps_its_graph():
+    torch.manual_seed(0)
+    net = FlowMLP(FlowMLPConfig(width=32, depth=2))
+    x = torch.randn(16, 2)
+    loss = mean_flow_loss(net, x, ratio_neq=0.5)
+    loss.backward()
+    assert all(p.grad is not None for p in net.parameters()) and torch.isfinite(loss)
+    # the primal output of the JVP is differentiable: same gradient as a plain forward pass
+    z, r, t = torch.randn(4, 2), torch.full((4,), 0.2), torch.full((4,), 0.6)
+    u, _ = mean_flow_target(net, z, r, t, torch.randn(4, 2))
+    grads = torch.autograd.grad(u.sum(), list(net.parameters()))
+    plain = torch.autograd.grad(net(z, t, t - r).sum(), list(net.parameters()))
+    assert all(torch.allclose(a, b) for a, b in zip(grads, plain, strict=True))
+
+
+def test_samplers_are_exact_for_exact_fields():
+    """One MeanFlow jump with the exact u lands on the data distribution; Euler converges with steps."""
+    e = torch.randn(4096, 2, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    x1 = mean_flow_sample(analytic_u, e, 1)
+    assert torch.allclose(x1, M + S * e)  # the flow map of N(0, I) -> N(M, S^2 I) is affine
+    assert torch.allclose(mean_flow_sample(analytic_u, e, 4), x1)  # composing exact jumps changes nothing
+    err = [(euler_sample(analytic_v, e, n) - x1).abs().max().item() for n in (2, 8, 32, 256)]
+    assert err[0] > err[1] > err[2] > err[3] and err[3] < 0.02  # first order: error ~ 1 / steps
+    path = euler_sample(analytic_v, e, 8, return_path=True)
+    assert path.shape == (9, 4096, 2) and torch.equal(path[0], e)
+
+
+def test_fm_loss_is_minimised_by_the_marginal_velocity():
+    g = torch.Generator().manual_seed(4)
+    x = M + S * torch.randn(20000, 2, generator=g, dtype=torch.float64)
+    exact = fm_loss(analytic_v, x, generator=torch.Generator().manual_seed(5))
+    worse = fm_loss(lambda z, t, h, y=None: 1.1 * gaussian_velocity(z, t, M, S), x,
+                    generator=torch.Generator().manual_seed(5))
+    assert exact < worse
+
+
+def test_time_sampling():
+    g = torch.Generator().manual_seed(0)
+    r, t = sample_r_t(10000, ratio_neq=0.25, generator=g)
+    assert ((r <= t) & (r >= 0) & (t <= 1)).all()
+    assert abs((r != t).float().mean().item() - 0.25) < 0.02
+    assert abs(torch.logit(sample_time(10000, "logit_normal", generator=g)).mean().item() + 0.4) < 0.05
+
+
+def test_sliced_wasserstein():
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(4000, 2, generator=g)
+    assert sliced_wasserstein(a, a) == 0
+    shift = torch.tensor([0.3, -0.4])  # |shift| = 0.5; projections of a translation move by theta . shift
+    sw = sliced_wasserstein(a, a + shift, n_projections=4000, generator=g)
+    assert abs(sw - 0.5 / math.sqrt(2)) < 0.01  # sqrt(E (theta . d)^2) = |d| / sqrt(D)
+
+
+def test_frame_dit_shapes_and_labels():
+    net = FrameDiT(FrameDiTConfig(size=8, patch=2, n_embd=16, n_layer=1, n_head=2))
+    z = torch.randn(2, 3, 8, 8)
+    t = torch.rand(2)
+    assert net(z, t, t, torch.tensor([0, 3])).shape == (2, 3, 8, 8)
+    assert net(z, t, t).shape == (2, 3, 8, 8)  # no label: the classifier-free "null" class
+
+
+def test_bad_input_raises_clear_errors():
+    net = FlowMLP(FlowMLPConfig(width=8, depth=1))
+    z = torch.randn(3, 2)
+    with pytest.raises(ValueError, match="r must be <= t"):
+        mean_flow_target(net, z, torch.full((3,), 0.8), torch.full((3,), 0.2), z)
+    for bad in (torch.tensor([-0.1, 0.5, 0.5]), torch.tensor([0.5, 1.2, 0.5])):
+        with pytest.raises(ValueError, match=r"t must lie in \[0, 1\]"):
+            mean_flow_target(net, z, torch.zeros(3), bad, z)
+        with pytest.raises(ValueError, match=r"t must lie in \[0, 1\]"):
+            interpolate(z, z, bad)
+    with pytest.raises(ValueError, match=r"r must lie in \[0, 1\]"):
+        mean_flow_target(net, z, torch.full((3,), -0.5), torch.ones(3), z)
+    for steps in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="steps"):
+            euler_sample(net, z, steps)
+        with pytest.raises(ValueError, match="steps"):
+            mean_flow_sample(net, z, steps)
+    with pytest.raises(ValueError, match="same shape"):
+        interpolate(z, torch.randn(3, 3), torch.rand(3))
+    with pytest.raises(ValueError, match="v must have the shape"):
+        mean_flow_target(net, z, torch.zeros(3), torch.ones(3), torch.randn(3, 3))
+    with pytest.raises(ValueError, match=r"z must be \(B, 2\)"):
+        euler_sample(net, torch.randn(3, 5), 2)
+    with pytest.raises(ValueError, match=r"z must be \(B, 3, 8, 8\)"):
+        FrameDiT(FrameDiTConfig(size=8, n_embd=16, n_layer=1, n_head=2))(torch.randn(1, 3, 4, 4), z[:1, 0], z[:1, 0])
+    with pytest.raises(ValueError, match="patch must divide size"):
+        FrameDiTConfig(size=10, patch=4)
+    with pytest.raises(ValueError, match="ratio_neq"):
+        sample_r_t(4, ratio_neq=1.5)
+    with pytest.raises(ValueError, match="dist"):
+        sample_time(4, "gamma")
+    with pytest.raises(ValueError, match="width"):
+        FlowMLPConfig(width=0)
+    with pytest.raises(ValueError, match="same shape"):
+        sliced_wasserstein(torch.randn(5, 2), torch.randn(4, 2))
