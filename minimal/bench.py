@@ -18,6 +18,7 @@ BENCHMARKS = {
     "kv-cache": "minimal.kv_cache:bench",
     "speculative": "minimal.speculative_bench:bench",
     "sinks": "minimal.sinks:bench",
+    "flows": "minimal.flow_bench:bench",
 }
 
 

@@ -15,6 +15,10 @@ RECIPES = {
     "text-gpt-sink": "minimal.sinks:train_sink_recipe",
     "text-draft": "minimal.speculative:train_draft_recipe",
     "image-gpt": "minimal.image_tokens:train_recipe",
+    "flow-2d": "minimal.flow_bench:train_flow_2d",
+    "mean-flow-2d": "minimal.flow_bench:train_mean_flow_2d",
+    "flow-frames": "minimal.flow_bench:train_flow_frames",
+    "mean-flow-frames": "minimal.flow_bench:train_mean_flow_frames",
 }
 
 

@@ -9,8 +9,8 @@ from torch.func import jvp
 from minimal.flow_matching import (
     FlowMLP,
     FlowMLPConfig,
-    FrameDiT,
-    FrameDiTConfig,
+    FrameUNet,
+    FrameUNetConfig,
     euler_sample,
     fm_loss,
     interpolate,
@@ -97,13 +97,13 @@ def test_conditional_target_is_unbiased_for_gaussian_data():
 
 
 @pytest.mark.parametrize("make", [lambda: FlowMLP(FlowMLPConfig(dim=2, width=32, depth=2)),
-                                  lambda: FrameDiT(FrameDiTConfig(size=4, patch=2, n_embd=16, n_layer=1, n_head=2))])
+                                  lambda: FrameUNet(FrameUNetConfig(size=8, channels=8, n_head=2))])
 def test_jvp_total_derivative_matches_finite_differences(make):
     torch.manual_seed(0)
     net = make().double()
     for p in net.parameters():  # move the zero-initialised output layers off zero
         p.data.add_(0.05 * torch.randn_like(p))
-    shape = (6, 2) if isinstance(net, FlowMLP) else (6, 3, 4, 4)
+    shape = (6, 2) if isinstance(net, FlowMLP) else (6, 3, 8, 8)
     z, v = torch.randn(shape, dtype=torch.float64), torch.randn(shape, dtype=torch.float64)
     t = torch.rand(6, dtype=torch.float64) * 0.5 + 0.3
     r = t * 0.4
@@ -122,10 +122,10 @@ def test_jvp_through_attention_uses_the_math_backend():
     """The fused CPU attention kernel has no forward-mode rule; the target runs the math backend and
     agrees with the hand-written attention path."""
     torch.manual_seed(0)
-    net = FrameDiT(FrameDiTConfig(size=4, patch=2, n_embd=16, n_layer=2, n_head=2))
+    net = FrameUNet(FrameUNetConfig(size=8, channels=8, n_head=2))
     for p in net.parameters():
         p.data.add_(0.05 * torch.randn_like(p))
-    z, v = torch.randn(3, 3, 4, 4), torch.randn(3, 3, 4, 4)
+    z, v = torch.randn(3, 3, 8, 8), torch.randn(3, 3, 8, 8)
     t = torch.tensor([0.9, 0.5, 0.3])
     r = torch.tensor([0.1, 0.5, 0.0])
     tangents = (v, torch.zeros_like(r), torch.ones_like(t))
@@ -190,7 +190,7 @@ def test_sliced_wasserstein():
 
 
 def test_frame_dit_shapes_and_labels():
-    net = FrameDiT(FrameDiTConfig(size=8, patch=2, n_embd=16, n_layer=1, n_head=2))
+    net = FrameUNet(FrameUNetConfig(size=8, channels=8, n_head=2))
     z = torch.randn(2, 3, 8, 8)
     t = torch.rand(2)
     assert net(z, t, t, torch.tensor([0, 3])).shape == (2, 3, 8, 8)
@@ -221,9 +221,9 @@ def test_bad_input_raises_clear_errors():
     with pytest.raises(ValueError, match=r"z must be \(B, 2\)"):
         euler_sample(net, torch.randn(3, 5), 2)
     with pytest.raises(ValueError, match=r"z must be \(B, 3, 8, 8\)"):
-        FrameDiT(FrameDiTConfig(size=8, n_embd=16, n_layer=1, n_head=2))(torch.randn(1, 3, 4, 4), z[:1, 0], z[:1, 0])
-    with pytest.raises(ValueError, match="patch must divide size"):
-        FrameDiTConfig(size=10, patch=4)
+        FrameUNet(FrameUNetConfig(size=8, channels=8, n_head=2))(torch.randn(1, 3, 4, 4), z[:1, 0], z[:1, 0])
+    with pytest.raises(ValueError, match="size must be divisible by 4"):
+        FrameUNetConfig(size=10)
     with pytest.raises(ValueError, match="ratio_neq"):
         sample_r_t(4, ratio_neq=1.5)
     with pytest.raises(ValueError, match="dist"):
