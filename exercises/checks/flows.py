@@ -18,6 +18,7 @@ import math
 
 import torch
 import torch.nn as nn
+from torch.func import jvp
 
 from minimal.flow_matching import euler_sample as reference_euler_sample
 from minimal.flow_matching import interpolate as reference_interpolate
@@ -259,7 +260,7 @@ def check_euler_sample(euler_sample) -> None:
     x1 = euler_sample(exact_v, e, 1)
     variants = {"a step up (z + dt v)": 2 * e - M, "evaluating v at the end of the step, t - dt": 2 * e}
     _close_or_diagnose("one Euler step with the exact velocity of N(M, S^2) data: v(e, t=1) = e - M, "
-                       "so z_0 = e - (e - M) = M for every sample", x1, torch.full_like(e, M), 1e-10, hint, variants)
+                       "so z_0 = e - (e - M) = M for every sample", x1, torch.full_like(e, M), 1e-6, hint, variants)
 
     # 3. the library and the convergence to the exact flow map e -> M + S e
     exact = M + S * e
@@ -267,7 +268,7 @@ def check_euler_sample(euler_sample) -> None:
     for n in (3, 16, 64):
         got = euler_sample(exact_v, e, n)
         expect_close(f"euler_sample(exact Gaussian velocity, e, steps={n}) against minimal.flow_matching."
-                     "euler_sample", got, reference_euler_sample(exact_v, e, n), 1e-10, hint)
+                     "euler_sample", got, reference_euler_sample(exact_v, e, n), 1e-6, hint)
         errors[n] = float((got - exact).abs().max())
     if not errors[3] > errors[16] > errors[64] or errors[64] > 0.05:
         fail("Euler with the exact velocity converges to the flow map M + S e as steps grow",
@@ -276,7 +277,7 @@ def check_euler_sample(euler_sample) -> None:
     net, y = TinyNet(2, seed=4).double(), torch.randint(0, 3, (4,), generator=g)
     with torch.no_grad():
         expect_close("euler_sample(tiny net, e, steps=5, y) against minimal.flow_matching.euler_sample",
-                     euler_sample(net, e[:4], 5, y), reference_euler_sample(net, e[:4], 5, y), 1e-10,
+                     euler_sample(net, e[:4], 5, y), reference_euler_sample(net, e[:4], 5, y), 1e-6,
                      "pass the label y to the network at every step")
     passed("check_euler_sample", "n calls at t = 1, ..., 1/n with h = 0; 1 step sends N(M, S^2)'s noise to M; "
                                  "matches the library; max error to M + S e "
@@ -287,6 +288,7 @@ def check_euler_sample(euler_sample) -> None:
 # Exercise 05: MeanFlow
 # ---------------------------------------------------------------------------------------------------
 
+@single_thread
 def check_r_t(r_t_from_draws) -> None:
     """(r, t) from two draws a, b and a mask: t = max(a, b), r = min(a, b), r = t where equal."""
     g = torch.Generator().manual_seed(5)
@@ -317,8 +319,6 @@ def _interval(B: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _target_variants(net, z, r, t, v, y=None) -> dict[str, torch.Tensor]:
     """u_tgt as the classic mistakes compute it."""
-    from torch.func import jvp
-
     def u_fn(z_, r_, t_):
         return net(z_, t_, t_ - r_, y)
 
@@ -485,14 +485,14 @@ def check_mean_flow_sample(mean_flow_sample) -> None:
         if n == 1:
             variants["a jump up, z + (t - r) u"] = 2 * e - exact
         _close_or_diagnose(f"mean_flow_sample(exact u of Gaussian data, e, steps={n}): exact jumps land on the "
-                           "flow map M + S e", got, exact, 1e-9, hint, variants)
+                           "flow map M + S e", got, exact, 1e-6, hint, variants)
 
     # 3. a network with labels, against the library
     net, y = TinyNet(2, seed=13).double(), torch.randint(0, 3, (4,), generator=g)
     with torch.no_grad():
         for n in (1, 3):
             expect_close(f"mean_flow_sample(tiny net, e, steps={n}, y) against minimal.mean_flow.mean_flow_sample",
-                         mean_flow_sample(net, e[:4], n, y), reference_mean_flow_sample(net, e[:4], n, y), 1e-10,
+                         mean_flow_sample(net, e[:4], n, y), reference_mean_flow_sample(net, e[:4], n, y), 1e-6,
                          hint)
     passed("check_mean_flow_sample", "n calls at t = 1, ..., 1/n with h = 1/n; one and four exact jumps map e to "
                                      "M + S e; matches the library with labels")
