@@ -5,7 +5,7 @@ the checkerboard, then sample at NFE in {1, 2, 4, 8, 32} from the same noise. Qu
 Wasserstein distance to held-out data; the floor is the distance between two independent data samples
 of the same size (no generator can beat it by more than chance).
 
-`python -m minimal.train flow-frames` / `mean-flow-frames`: the same `FrameDiT`, conditioned on the
+`python -m minimal.train flow-frames` / `mean-flow-frames`: the same `FrameUNet`, conditioned on the
 scene label, trained on single 16 x 16 SpriteWorld frames with each method; quality is the fraction
 of generated frames that pass `toybench.sprite_validity` for their scene.
 """
