@@ -32,7 +32,7 @@ from .flow_matching import (
 )
 from .mean_flow import mean_flow_loss, mean_flow_sample
 from .timing import measure, resolve_device
-from .toybench import validity_rate
+from .toybench import sprite_validity
 
 METHODS = ("flow_matching", "mean_flow")
 NFES = (1, 2, 4, 8, 32)
@@ -194,22 +194,26 @@ def frames(batch_size: int, generator=None, label_dropout: float = 0.1) -> tuple
     return 2 * x - 1, torch.where(drop, len(SCENES), scenes)
 
 
+def scene_validity(x: torch.Tensor, y: torch.Tensor) -> float:
+    """Fraction of frames x (N, 3, S, S) in [0, 1] that are valid frames of their scene y (N,)."""
+    return sum(sprite_validity(f, scene=int(k), n_sprites=FRAME_WORLD["n_sprites"]) for f, k in zip(x, y, strict=True)
+               ) / len(x)
+
+
 def frame_validity(method: str, net, steps: int, n: int = 400, seed: int = 0) -> float:
     """Fraction of n generated frames (scenes cycling 0..3) that are valid frames of their scene."""
     g = torch.Generator().manual_seed(seed)
     dev = next(net.parameters()).device
     e = torch.randn(n, 3, FRAME_WORLD["size"], FRAME_WORLD["size"], generator=g).to(dev)
     y = torch.arange(n, device=dev) % len(SCENES)
-    x = ((sample(method, net, e, steps, y) + 1) / 2).clamp(0, 1).cpu()
-    return sum(validity_rate(x[y.cpu() == k], scene=k, n_sprites=FRAME_WORLD["n_sprites"]) * int((y == k).sum())
-               for k in range(len(SCENES))) / n
+    x = ((sample(method, net, e, steps, y) + 1) / 2).clamp(0, 1)
+    return scene_validity(x.cpu(), y.cpu())
 
 
 def real_frame_validity(n: int = 400, seed: int = 0) -> float:
     """The same check on real frames: overlapping sprites fail it, so this is the ceiling."""
     x, y = frames(n, torch.Generator().manual_seed(seed), label_dropout=0.0)
-    x = (x + 1) / 2
-    return sum(validity_rate(x[y == k], scene=k) * int((y == k).sum()) for k in range(len(SCENES))) / n
+    return scene_validity((x + 1) / 2, y)
 
 
 def train_frames(method: str, out=None, device=None, steps: int | None = None) -> dict:
