@@ -204,14 +204,26 @@ def scene_validity(x: torch.Tensor, y: torch.Tensor) -> float:
                ) / len(x)
 
 
-def frame_validity(method: str, net, steps: int, n: int = 400, seed: int = 0) -> float:
-    """Fraction of n generated frames (scenes cycling 0..3) that are valid frames of their scene."""
+def generate_frames(method: str, net, steps: int, y: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """Frames (N, 3, S, S) in [0, 1], on the CPU, for scene labels y (N,), from seeded noise."""
     g = torch.Generator().manual_seed(seed)
     dev = next(net.parameters()).device
-    e = torch.randn(n, 3, FRAME_WORLD["size"], FRAME_WORLD["size"], generator=g).to(dev)
-    y = torch.arange(n, device=dev) % len(SCENES)
-    x = ((sample(method, net, e, steps, y) + 1) / 2).clamp(0, 1)
-    return scene_validity(x.cpu(), y.cpu())
+    e = torch.randn(len(y), 3, FRAME_WORLD["size"], FRAME_WORLD["size"], generator=g).to(dev)
+    return ((sample(method, net, e, steps, y.to(dev)) + 1) / 2).clamp(0, 1).cpu()
+
+
+def frame_validity(method: str, net, steps: int, n: int = 400, seed: int = 0) -> float:
+    """Fraction of n generated frames (scenes cycling 0..3) that are valid frames of their scene."""
+    y = torch.arange(n) % len(SCENES)
+    return scene_validity(generate_frames(method, net, steps, y, seed), y)
+
+
+def frame_grid(method: str, net, steps: int, per_scene: int = 6, seed: int = 0) -> torch.Tensor:
+    """An image (len(SCENES) * S, per_scene * S, 3): one row of generated frames per scene."""
+    n_scenes, size = len(SCENES), FRAME_WORLD["size"]
+    x = generate_frames(method, net, steps, torch.arange(n_scenes).repeat_interleave(per_scene), seed)
+    x = x.view(n_scenes, per_scene, 3, size, size).permute(0, 3, 1, 4, 2)  # (scene, row, frame, column, rgb)
+    return x.reshape(n_scenes * size, per_scene * size, 3)
 
 
 def real_frame_validity(n: int = 400, seed: int = 0) -> float:
