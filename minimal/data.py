@@ -127,6 +127,11 @@ class SpriteWorldConfig:
             raise ValueError(f"player_speed must be in [1, {room}), got {self.player_speed}")
 
 
+# The world the causal video models learn (video_model.py, toybench.py): 16 x 16 frames, one bouncing
+# sprite and the player, one pixel per frame, so that a transformer learns it in minutes on a CPU.
+VIDEO_WORLD = SpriteWorldConfig(size=16, n_sprites=1, sprite_size=4, max_speed=1, player=True, player_speed=1)
+
+
 def _as_generator(seed: int | None, generator: torch.Generator | None) -> torch.Generator | None:
     if seed is not None and generator is not None:
         raise ValueError("give either seed or generator, not both")

@@ -27,12 +27,14 @@ Simplifications vs GPT-2: no biases, RoPE instead of learned positions, tied inp
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.attention.flex_attention import BlockMask, flex_attention
 
 
 @dataclass
@@ -96,8 +98,19 @@ def attention_weights(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | Non
     return att.softmax(dim=-1)
 
 
-def attention(q, k, v, mask: torch.Tensor | None = None, manual: bool = False, dropout_p: float = 0.0):
-    """Scaled dot-product attention; `manual=True` spells it out, otherwise PyTorch's fused kernel."""
+@functools.cache
+def compiled_flex_attention():
+    return torch.compile(flex_attention)
+
+
+def attention(q, k, v, mask: torch.Tensor | BlockMask | None = None, manual: bool = False, dropout_p: float = 0.0):
+    """Scaled dot-product attention; `manual=True` spells it out, otherwise PyTorch's fused kernel.
+
+    A FlexAttention BlockMask (video_model.py's block-causal mask) runs flex_attention, which skips the
+    masked tiles; compiled on CUDA, eager (materialising the scores, a reference) elsewhere.
+    """
+    if isinstance(mask, BlockMask):
+        return (compiled_flex_attention() if q.is_cuda else flex_attention)(q, k, v, block_mask=mask)
     if manual:
         return F.dropout(attention_weights(q, k, mask), dropout_p) @ v  # (B, H, T_q, D)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)

@@ -1,0 +1,376 @@
+"""Teacher forcing vs diffusion forcing for the causal video transformer, and its samplers.
+
+Both train the flow-matching objective (flow_matching.py) of `VideoTransformer` on clips of F frames in
+chunks of c frames, with an independent flow time t_k ~ U(0, 1) per chunk k:
+
+    z_k = (1 - t_k) x_k + t_k e_k,      L = E || v_theta(z_k, t_k | context) - (e_k - x_k) ||^2
+
+Teacher forcing (CausVid's and Self Forcing's baseline): the context is always *clean*. The sequence is
+doubled, [x_1 .. x_K | z_1 .. z_K] with times [0 .. 0 | t_1 .. t_K], both halves at frame positions
+0 .. F-1; a clean chunk k sees clean chunks <= k, a noisy chunk k sees clean chunks < k and itself.
+All K chunks train in one pass, each as if the ground truth were its past.
+
+Diffusion forcing (Chen et al. 2024): one sequence [z_1 .. z_K] under the block-causal mask, every chunk
+noisy at its own level. The context is the noisy past the model will partly see when chunks overlap in
+time (the pyramid schedule), and t = 0 is just one of its noise levels.
+
+At inference both models see their *own* samples as context, never the ground truth: that mismatch
+with teacher forcing's training is exposure bias, and errors then compound over a long rollout.
+
+Samplers:
+    sample_video    chunk by chunk, n Euler steps per chunk, with the frame KV cache (or, as the slow
+                    reference, recomputing the whole prefix under the block-causal mask every step)
+    rollout         any length: when the cache is full, drop the oldest chunk and re-encode the
+                    window at positions 0 .. (a sliding window with KV re-cache)
+    sample_pyramid  diffusion forcing's pyramid: chunk k starts `lag` steps after chunk k - 1, so several
+                    chunks are denoised at once at staggered noise levels (lag = steps is chunk by chunk)
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from tqdm.auto import tqdm
+
+from .checkpoints import load_pretrained, save_checkpoint
+from .data import ACTIONS, VIDEO_WORLD, SpriteWorld
+from .flow_matching import check_nfe, interpolate
+from .kv_cache import KVCache
+from .timing import Timer, percentile, resolve_device
+from .video_model import VideoConfig, VideoTransformer, block_causal_mask, check_chunked, chunk_mask
+
+METHODS = ("teacher_forcing", "diffusion_forcing")
+
+
+def check_method(method: str) -> str:
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    return method
+
+
+# ---------------------------------------------------------------------------------------------------
+# Training
+# ---------------------------------------------------------------------------------------------------
+
+def chunk_times(batch_size: int, n_frames: int, chunk: int, generator=None, device=None) -> torch.Tensor:
+    """(B, F): one t ~ U(0, 1) per chunk, repeated over its c frames."""
+    check_chunked(n_frames, chunk)
+    t = torch.rand(batch_size, n_frames // chunk, generator=generator).to(device)
+    return t.repeat_interleave(chunk, dim=1)
+
+
+def teacher_forcing_mask(n_frames: int, chunk: int, tokens_per_frame: int, device=None) -> torch.Tensor:
+    """(2L, 2L) bool for [clean | noisy]: clean sees clean chunks <= its own; noisy chunk k sees clean
+    chunks < k and its own noisy chunk."""
+    L = n_frames * tokens_per_frame
+    chunk_of = torch.arange(L, device=device) // (chunk * tokens_per_frame)  # (L,)
+    q, k = chunk_of[:, None], chunk_of[None, :]
+    top = torch.cat([k <= q, torch.zeros(L, L, dtype=torch.bool, device=device)], dim=1)  # clean queries
+    bottom = torch.cat([k < q, k == q], dim=1)  # noisy queries
+    return torch.cat([top, bottom], dim=0)
+
+
+def video_loss(method: str, model: VideoTransformer, x, actions, scene, generator=None) -> torch.Tensor:
+    """The flow-matching loss of a clip x (B, F, 3, H, W) under teacher or diffusion forcing."""
+    check_method(method)
+    cfg = model.config
+    B, Fr = x.shape[:2]
+    t = chunk_times(B, Fr, cfg.chunk, generator, x.device).to(x.dtype)  # (B, F)
+    e = torch.randn(x.shape, generator=generator).to(x)
+    z = interpolate(x.flatten(0, 1), e.flatten(0, 1), t.flatten()).view_as(x)
+    if method == "diffusion_forcing":
+        v = model(z, t, actions, scene, mask=chunk_mask(Fr, cfg.chunk, cfg.tokens_per_frame, x.device))
+    else:
+        pos = torch.arange(Fr, device=x.device).repeat(2)  # both halves at positions 0 .. F-1
+        mask = teacher_forcing_mask(Fr, cfg.chunk, cfg.tokens_per_frame, x.device)
+        v = model(torch.cat([x, z], 1), torch.cat([torch.zeros_like(t), t], 1), actions.repeat(1, 2), scene,
+                  frame_pos=pos, mask=mask)[:, Fr:]
+    return F.mse_loss(v, e - x)
+
+
+def video_clips(world: SpriteWorld, batch_size: int, n_frames: int, generator=None):
+    """Training clips: n_frames-long windows at random offsets of 2 n_frames-long rollouts, so a clip's
+    first frame is not always the simulator's start (the player at the centre)."""
+    x, a, s = world.sample_batch(batch_size, 2 * n_frames, generator=generator)
+    start = torch.randint(0, n_frames + 1, (batch_size,), generator=generator)
+    idx = start[:, None] + torch.arange(n_frames)  # (B, F)
+    rows = torch.arange(batch_size)[:, None]
+    return x[rows, idx], a[rows, idx], s
+
+
+@dataclass
+class VideoRecipe:
+    steps: int = 3000
+    batch_size: int = 32
+    lr: float = 2e-3
+    ema: float = 0.995  # a ~200-step average: 0.999 would still weigh the initial weights 30% after 1200 steps
+    seed: int = 0
+
+
+def train(method: str, model: VideoTransformer, recipe: VideoRecipe, device=None, progress: bool = True):
+    """AdamW, warm-up then cosine decay; returns (EMA model, losses, seconds)."""
+    check_method(method)
+    device = resolve_device(device)
+    world = SpriteWorld(VIDEO_WORLD)
+    g = torch.Generator().manual_seed(recipe.seed)
+    torch.manual_seed(recipe.seed)
+    model = model.to(device).train()
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(recipe.ema))
+    opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=0.0)
+    warmup = min(200, recipe.steps // 10 + 1)
+    sched = torch.optim.lr_scheduler.SequentialLR(opt, [
+        torch.optim.lr_scheduler.LinearLR(opt, 0.01, 1.0, warmup),
+        torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, recipe.steps - warmup))], [warmup])
+    losses, t0 = [], time.perf_counter()
+    for _ in tqdm(range(recipe.steps), desc=method, disable=not progress):
+        x, a, s = (v.to(device) for v in video_clips(world, recipe.batch_size, model.config.max_frames, g))
+        loss = video_loss(method, model, x, a, s, g)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        ema.update_parameters(model)
+        losses.append(loss.item())
+    return ema.module.eval(), losses, time.perf_counter() - t0
+
+
+# ---------------------------------------------------------------------------------------------------
+# Sampling
+# ---------------------------------------------------------------------------------------------------
+
+def _check_sampling(model, actions, scene, steps, noise):
+    cfg = model.config
+    if not isinstance(actions, torch.Tensor) or actions.dtype != torch.long or actions.ndim != 2:
+        raise TypeError("actions must be an int64 tensor (B, F): one action per frame")
+    B, Fr = actions.shape
+    check_chunked(Fr, cfg.chunk)
+    check_nfe(steps)
+    if noise is not None and noise.shape != (B, Fr, 3, cfg.size, cfg.size):
+        raise ValueError(f"noise must be (B, F, 3, H, W) = {(B, Fr, 3, cfg.size, cfg.size)}, got {tuple(noise.shape)}")
+    if isinstance(scene, int):
+        scene = torch.full((B,), scene, dtype=torch.long)
+    return B, Fr, scene.to(actions.device)
+
+
+def _noise(model, B, Fr, noise, generator):
+    cfg, p = model.config, next(model.parameters())
+    if noise is None:
+        noise = torch.randn(B, Fr, 3, cfg.size, cfg.size, generator=generator)
+    return noise.to(device=p.device, dtype=p.dtype)
+
+
+def _denoise_chunk(model, e, a, scene, steps, cache=None, context=None, context_actions=None):
+    """n Euler steps on one chunk from noise e (B, c, 3, H, W).
+
+    With a cache: the context is in it and every step attends to it. Without: the clean context frames
+    (B, F', ...) are recomputed at t = 0 with the chunk, under the block-causal mask, at every step.
+    """
+    cfg = model.config
+    ts = torch.linspace(1.0, 0.0, steps + 1, device=e.device)
+    z = e
+    for t, t_next in zip(ts[:-1], ts[1:], strict=True):
+        tz = t.expand(e.shape[:2])
+        if cache is not None:
+            v = model(z, tz, a, scene, cache=cache)
+        else:
+            n_ctx = 0 if context is None else context.shape[1]
+            seq = z if not n_ctx else torch.cat([context, z], 1)
+            t_seq = tz if not n_ctx else torch.cat([torch.zeros(context.shape[:2], device=e.device), tz], 1)
+            a_seq = a if not n_ctx else torch.cat([context_actions, a], 1)
+            mask = block_causal_mask(seq.shape[1], cfg.chunk, cfg.tokens_per_frame, e.device)
+            v = model(seq, t_seq, a_seq, scene, mask=mask)[:, n_ctx:]
+        z = z - (t - t_next) * v  # z_{t - dt} = z_t - dt v(z_t, t)
+    return z
+
+
+def _encode_context(model, x, a, scene, cache: KVCache):
+    """The context pass: clean frames (B, F', ...) at t = 0 into the cache, then advance past them."""
+    cfg = model.config
+    mask = None
+    if x.shape[1] > cfg.chunk:
+        n_cached = cache.length // cfg.tokens_per_frame
+        full = block_causal_mask(n_cached + x.shape[1], cfg.chunk, cfg.tokens_per_frame, x.device)
+        mask = full[n_cached * cfg.tokens_per_frame:]
+    model(x, torch.zeros(x.shape[:2], device=x.device), a, scene, cache=cache, mask=mask)
+    cache.advance(x.shape[1] * cfg.tokens_per_frame)
+
+
+@torch.no_grad()
+def sample_chunks(model: VideoTransformer, actions: torch.Tensor, scene, steps: int = 8, noise=None,
+                  use_cache: bool = True, rolling: bool = False, generator=None):
+    """Generate a video chunk by chunk from scratch; yields each chunk (B, c, 3, H, W) when it is done.
+
+    actions (B, F) int64: the action that moves the player into each frame; scene: int or (B,).
+    noise: (B, F, 3, H, W) starting noise (default drawn from `generator`); the same noise gives the
+        same video with and without the cache.
+    use_cache: keep the context in the frame KV cache (one context pass per chunk); False recomputes the
+        whole prefix at every denoising step (the slow reference).
+    rolling: for videos longer than max_frames. When the cache is full the oldest chunk is dropped and
+        the last max_frames - c frames are re-encoded at positions 0 .., so RoPE never sees a position
+        beyond training (the price: one longer context pass per chunk from then on).
+    """
+    cfg = model.config
+    B, Fr, scene = _check_sampling(model, actions, scene, steps, noise)
+    if rolling and not use_cache:
+        raise ValueError("rolling=True slides a window over the cache; it needs use_cache=True")
+    if use_cache and not rolling and Fr > cfg.max_frames:
+        raise ValueError(f"the cache holds max_frames = {cfg.max_frames} frames; a {Fr}-frame video needs "
+                         "rolling=True (rollout), which slides a window over it")
+    noise = _noise(model, B, Fr, noise, generator)
+    cache = model.new_cache(B) if use_cache else None
+    keep = cfg.max_frames - cfg.chunk
+    frames = []
+    for k in range(0, Fr, cfg.chunk):
+        a = actions[:, k:k + cfg.chunk]
+        if use_cache and cache.length == cache.capacity:
+            cache.reset()
+            _encode_context(model, torch.cat(frames, 1)[:, -keep:], actions[:, k - keep:k], scene, cache)
+        context = torch.cat(frames, 1) if frames and not use_cache else None
+        x = _denoise_chunk(model, noise[:, k:k + cfg.chunk], a, scene, steps, cache, context, actions[:, :k])
+        if use_cache:
+            _encode_context(model, x, a, scene, cache)
+        frames.append(x)
+        yield x
+
+
+@torch.no_grad()
+def sample_video(model: VideoTransformer, actions: torch.Tensor, scene, steps: int = 8, noise=None,
+                 use_cache: bool = True, generator=None) -> torch.Tensor:
+    """F <= max_frames frames (B, F, 3, H, W), chunk by chunk (see sample_chunks)."""
+    return torch.cat(list(sample_chunks(model, actions, scene, steps, noise, use_cache, False, generator)), 1)
+
+
+@torch.no_grad()
+def rollout(model: VideoTransformer, actions: torch.Tensor, scene, steps: int = 8, noise=None,
+            generator=None) -> torch.Tensor:
+    """Any number of frames (B, F, 3, H, W) with the sliding window (sample_chunks, rolling=True)."""
+    return torch.cat(list(sample_chunks(model, actions, scene, steps, noise, True, True, generator)), 1)
+
+
+@torch.no_grad()
+def sample_pyramid(model: VideoTransformer, actions: torch.Tensor, scene, steps: int = 8, lag: int = 2,
+                   noise=None, generator=None) -> torch.Tensor:
+    """Diffusion forcing's pyramid schedule (uncached): chunk k is at step clamp(g - k lag, 0, steps) of
+    its own n-step Euler path at global iteration g, so later chunks see partly denoised context."""
+    cfg = model.config
+    B, Fr, scene = _check_sampling(model, actions, scene, steps, noise)
+    if not isinstance(lag, int) or not 1 <= lag <= steps:
+        raise ValueError(f"lag must be an int in [1, steps = {steps}], got {lag!r}")
+    z = _noise(model, B, Fr, noise, generator).clone()
+    K, c = Fr // cfg.chunk, cfg.chunk
+    ts = torch.linspace(1.0, 0.0, steps + 1, device=z.device)
+    for g in range(steps + (K - 1) * lag):
+        s = (g - torch.arange(K) * lag).clamp(0, steps)  # (K,) step index of each chunk
+        active = int((g - torch.arange(K) * lag >= 0).sum())  # chunks started so far (later ones: pure noise)
+        n = active * c
+        t = ts[s[:active]].repeat_interleave(c).expand(B, n)  # (B, n)
+        mask = block_causal_mask(n, c, cfg.tokens_per_frame, z.device)
+        v = model(z[:, :n], t, actions[:, :n], scene, mask=mask)  # (B, n, 3, H, W)
+        dt = (ts[s[:active]] - ts[(s[:active] + 1).clamp(max=steps)]).repeat_interleave(c)  # (n,) 0 when done
+        z[:, :n] = z[:, :n] - dt.view(1, n, 1, 1, 1) * v
+    return z
+
+
+# ---------------------------------------------------------------------------------------------------
+# Recipes: the shipped teacher-forcing and diffusion-forcing models
+# ---------------------------------------------------------------------------------------------------
+
+CONFIG = VideoConfig()
+# Equal compute, about 45 minutes each on one CPU thread: a teacher-forcing step runs the doubled
+# [clean | noisy] sequence and costs about twice a diffusion-forcing step.
+RECIPES = {"teacher_forcing": VideoRecipe(steps=1200), "diffusion_forcing": VideoRecipe(steps=2500)}
+CHECKPOINTS = {"teacher_forcing": "video-tf", "diffusion_forcing": "video-df"}
+
+
+def eval_actions(n_videos: int, n_frames: int, seed: int = 0, hold: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+    """Held-out conditioning: random actions held for `hold` frames (B, F) and scenes (B,)."""
+    g = torch.Generator().manual_seed(seed)
+    acts = torch.randint(0, len(ACTIONS), (n_videos, -(-n_frames // hold)), generator=g)
+    scenes = torch.randint(0, CONFIG.n_scenes, (n_videos,), generator=g)
+    return acts.repeat_interleave(hold, 1)[:, :n_frames], scenes
+
+
+def train_video(method: str, out=None, device=None, steps: int | None = None) -> dict:
+    """Train CONFIG with RECIPES[method], save, score 16-frame samples with toybench, save the scores."""
+    from .toybench import score_video
+
+    recipe = VideoRecipe(**{**asdict(RECIPES[check_method(method)]), **({"steps": steps} if steps else {})})
+    model, losses, seconds = train(method, VideoTransformer(CONFIG), recipe, device)
+    out = out or f"minimal/pretrained/{CHECKPOINTS[method]}.pt"
+    meta = {"method": method, "recipe": asdict(recipe), "train_seconds": round(seconds, 1),
+            "final_loss": round(sum(losses[-100:]) / len(losses[-100:]), 4), "n_params": model.n_params()}
+    save_checkpoint(out, model, meta)
+    actions, scenes = eval_actions(32, CONFIG.max_frames)
+    p = next(model.parameters())
+    video = sample_video(model, actions.to(p.device), scenes.to(p.device), generator=torch.Generator().manual_seed(1))
+    meta["toybench_16"] = score_video(video.cpu().clamp(0, 1), scenes, actions)
+    save_checkpoint(out, model, meta)
+    return meta
+
+
+def train_teacher_forcing(out=None, device=None, steps: int | None = None) -> dict:
+    return train_video("teacher_forcing", out, device, steps)
+
+
+def train_diffusion_forcing(out=None, device=None, steps: int | None = None) -> dict:
+    return train_video("diffusion_forcing", out, device, steps)
+
+
+def load_video_model(method: str, device=None) -> tuple[VideoTransformer, dict]:
+    return load_pretrained(CHECKPOINTS[check_method(method)], VideoTransformer, VideoConfig, device)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Benchmark: python -m minimal.bench video
+# ---------------------------------------------------------------------------------------------------
+
+def _chunk_times(model, n_frames: int, use_cache: bool, steps: int, device) -> list[float]:
+    """Seconds to produce each chunk of an n_frames video (denoising steps plus, cached, the context pass)."""
+    actions = torch.zeros(1, n_frames, dtype=torch.long, device=device)
+    chunks = sample_chunks(model, actions, 0, steps, use_cache=use_cache, generator=torch.Generator().manual_seed(0))
+    times = []
+    for _ in range(n_frames // model.config.chunk):
+        with Timer(device) as t:
+            next(chunks)
+        times.append(t.seconds)
+    return times
+
+
+def bench(device=None, quick: bool = False, repeats: int = 5) -> tuple[str, dict]:
+    """Per-chunk latency with the frame KV cache and with recomputation, side by side, up to 64 frames.
+
+    The model has CONFIG's size with a 64-frame cache (latency does not depend on the weights).
+    flatness = cached latency at frame 64 / at frame 8; speedup = recompute / cached at frame 64.
+    """
+    device = resolve_device(device)
+    n, steps = (16, 2) if quick else (64, 8)
+    torch.manual_seed(0)
+    model = VideoTransformer(VideoConfig(**{**asdict(CONFIG), "max_frames": n})).to(device).eval()
+    c = model.config.chunk
+    _chunk_times(model, 4 * c, True, steps, device), _chunk_times(model, 4 * c, False, steps, device)  # warm-up
+    runs = {True: [], False: []}
+    for _ in range(repeats):  # interleaved, so drift in machine speed hits both alike
+        for use_cache in (True, False):
+            runs[use_cache].append(_chunk_times(model, n, use_cache, steps, device))
+
+    def latency(use_cache: bool, frame: int) -> float:
+        """Median over repeats of the time of the chunk that ends at `frame`."""
+        return percentile([r[frame // c - 1] for r in runs[use_cache]], 50)
+
+    frames = [m for m in (8, 16, 32, 64) if m <= n]
+    header = f"{'frame':>6} | {'ms/chunk cache':>14} {'ms/chunk recompute':>18} | {'speedup':>7}"
+    rows = [f"{m:>6} | {latency(True, m) * 1e3:>14.2f} {latency(False, m) * 1e3:>18.2f} | "
+            f"{latency(False, m) / latency(True, m):>6.1f}x" for m in frames]
+    result = {"frames": n, "chunk": c, "steps": steps, "device": str(device), "repeats": repeats,
+              "ms_per_chunk_cache": {m: latency(True, m) * 1e3 for m in frames},
+              "ms_per_chunk_recompute": {m: latency(False, m) * 1e3 for m in frames},
+              "flatness": latency(True, n) / latency(True, frames[0]),
+              "speedup": latency(False, n) / latency(True, n)}
+    title = (f"Frame KV cache vs recompute: {steps} Euler steps per {c}-frame chunk, "
+             f"{model.n_params() / 1e6:.2f}M-param video transformer, {device}, median of {repeats} runs")
+    return "\n".join([title, header, "-" * len(header), *rows]), result

@@ -1,0 +1,326 @@
+"""The causal video transformer, its masks and frame KV cache, and teacher / diffusion forcing."""
+
+import dataclasses
+
+import pytest
+import torch
+from torch.nn.attention.flex_attention import flex_attention
+
+from minimal.data import VIDEO_WORLD, SpriteWorld
+from minimal.diffusion_forcing import (
+    RECIPES,
+    VideoRecipe,
+    eval_actions,
+    load_video_model,
+    rollout,
+    sample_chunks,
+    sample_pyramid,
+    sample_video,
+    teacher_forcing_mask,
+    train,
+    video_clips,
+    video_loss,
+)
+from minimal.toybench import score_video
+from minimal.video_model import (
+    VideoConfig,
+    VideoTransformer,
+    block_causal_mask,
+    flex_block_causal_mask,
+    patchify,
+    unpatchify,
+)
+
+SMALL = VideoConfig(n_layer=2, n_head=2, n_embd=32, max_frames=8, chunk=2)
+
+
+def random_model(config=SMALL, seed=0) -> VideoTransformer:
+    """A model with every weight random (adaLN-Zero would otherwise make the untrained model ignore its input)."""
+    torch.manual_seed(seed)
+    model = VideoTransformer(config).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.1)
+    return model
+
+
+def inputs(n_videos=2, n_frames=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    actions = torch.randint(0, 5, (n_videos, n_frames), generator=g)
+    scenes = torch.randint(0, 4, (n_videos,), generator=g)
+    noise = torch.randn(n_videos, n_frames, 3, 16, 16, generator=g)
+    return actions, scenes, noise
+
+
+# ---------------------------------------------------------------------------------------------------
+# Masks and patches
+# ---------------------------------------------------------------------------------------------------
+
+def test_block_causal_mask_by_hand():
+    m = block_causal_mask(n_frames=4, chunk=2, tokens_per_frame=1)
+    expected = torch.tensor([[1, 1, 0, 0], [1, 1, 0, 0], [1, 1, 1, 1], [1, 1, 1, 1]], dtype=torch.bool)
+    assert torch.equal(m, expected)
+    m = block_causal_mask(n_frames=4, chunk=1, tokens_per_frame=2)  # chunk of one frame: frame-causal
+    assert torch.equal(m, torch.ones(4, 4, dtype=torch.bool).tril().repeat_interleave(2, 0).repeat_interleave(2, 1))
+
+
+def test_flex_block_mask_agrees_with_the_boolean_mask():
+    n_frames, chunk, P = 8, 2, 16
+    dense = block_causal_mask(n_frames, chunk, P)
+    block_mask = flex_block_causal_mask(n_frames, chunk, P)
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 2, n_frames * P, 16, generator=g) for _ in range(3))
+    out_flex = flex_attention(q, k, v, block_mask=block_mask)
+    out_sdpa = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=dense)
+    assert (out_flex - out_sdpa).abs().max() < 1e-5
+
+
+def test_model_with_the_flex_mask_equals_the_boolean_mask():
+    model = random_model()
+    actions, scenes, noise = inputs()
+    t = torch.rand(2, 8)
+    P = SMALL.tokens_per_frame
+    with torch.no_grad():  # eager flex_attention has no backward on the CPU
+        a = model(noise, t, actions, scenes, mask=block_causal_mask(8, 2, P))
+        b = model(noise, t, actions, scenes, mask=flex_block_causal_mask(8, 2, P))
+    assert (a - b).abs().max() < 1e-5
+
+
+def test_teacher_forcing_mask_quadrants():
+    F_, c, P = 6, 2, 3
+    m = teacher_forcing_mask(F_, c, P)
+    L = F_ * P
+    chunk_of = torch.arange(L) // (c * P)
+    q, k = chunk_of[:, None], chunk_of[None, :]
+    assert torch.equal(m[:L, :L], k <= q)  # clean -> clean: block causal
+    assert not m[:L, L:].any()  # clean never sees noisy
+    assert torch.equal(m[L:, :L], k < q)  # noisy chunk k -> clean chunks < k
+    assert torch.equal(m[L:, L:], k == q)  # noisy -> its own noisy chunk only
+
+
+def test_patchify_round_trip_and_layout():
+    x = torch.randn(2, 3, 3, 16, 16)
+    tokens = patchify(x, 4)
+    assert tokens.shape == (2, 3 * 16, 48)
+    assert torch.equal(unpatchify(tokens, 3, 16, 4), x)
+    assert torch.equal(tokens[0, 16 + 5].view(3, 4, 4), x[0, 1, :, 4:8, 4:8])  # frame 1, patch (1, 1)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The frame KV cache and the samplers against their slow references
+# ---------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("steps", [1, 3])
+def test_cached_sampling_equals_uncached_block_causal_sampling(steps):
+    model = random_model()
+    actions, scenes, noise = inputs()
+    cached = sample_video(model, actions, scenes, steps, noise=noise)
+    uncached = sample_video(model, actions, scenes, steps, noise=noise, use_cache=False)
+    assert (cached - uncached).abs().max() <= 1e-4
+    assert cached.abs().max() > 0.1  # a real video, not zeros
+
+
+def test_cached_sampling_on_every_device(device_dtype):
+    device, dtype = device_dtype
+    model = random_model().to(device, dtype)
+    actions, scenes, noise = (v.to(device) for v in inputs())
+    cached = sample_video(model, actions, scenes, 2, noise=noise)
+    uncached = sample_video(model, actions, scenes, 2, noise=noise, use_cache=False)
+    assert cached.dtype == dtype and cached.device.type == device
+    tol = 1e-4 if dtype == torch.float32 else 0.1 * uncached.float().abs().max().item()
+    assert (cached.float() - uncached.float()).abs().max() <= tol
+
+
+def test_cache_equals_recompute_for_the_shipped_model():
+    model, _ = load_video_model("diffusion_forcing")
+    actions, scenes, noise = inputs(n_videos=1, n_frames=16)
+    cached = sample_video(model, actions, scenes, 4, noise=noise)
+    uncached = sample_video(model, actions, scenes, 4, noise=noise, use_cache=False)
+    assert (cached - uncached).abs().max() <= 1e-4
+
+
+def test_uncached_reference_by_hand():
+    """The reference itself: chunk k's Euler steps see the clean earlier frames at t = 0, masked."""
+    model, steps = random_model(), 2
+    actions, scenes, noise = inputs(n_videos=1, n_frames=4)
+    video = sample_video(model, actions, scenes, steps, noise=noise, use_cache=False)
+    mask = block_causal_mask(4, 2, SMALL.tokens_per_frame)
+    z = noise[:, 2:].clone()
+    for t, dt in ((1.0, 0.5), (0.5, 0.5)):
+        times = torch.tensor([[0.0, 0.0, t, t]])
+        v = model(torch.cat([video[:, :2], z], 1), times, actions, scenes, mask=mask)[:, 2:]
+        z = z - dt * v
+    assert (z - video[:, 2:]).abs().max() < 1e-5
+
+
+def test_context_does_not_see_the_future():
+    """Under the block-causal mask, a chunk's output ignores every later frame."""
+    model = random_model()
+    actions, scenes, noise = inputs()
+    t = torch.rand(2, 8)
+    mask = block_causal_mask(8, 2, SMALL.tokens_per_frame)
+    a = model(noise, t, actions, scenes, mask=mask)
+    changed = noise.clone()
+    changed[:, 4:] += 1.0
+    b = model(changed, t, actions, scenes, mask=mask)
+    assert (a[:, :4] - b[:, :4]).abs().max() < 1e-5
+    assert (a[:, 4:] - b[:, 4:]).abs().max() > 1e-2
+
+
+def test_pyramid_with_lag_equal_to_steps_is_chunk_by_chunk():
+    model = random_model()
+    actions, scenes, noise = inputs()
+    chunked = sample_video(model, actions, scenes, 3, noise=noise, use_cache=False)
+    assert (sample_pyramid(model, actions, scenes, 3, lag=3, noise=noise) - chunked).abs().max() < 1e-5
+    staggered = sample_pyramid(model, actions, scenes, 3, lag=1, noise=noise)
+    assert (staggered[:, :2] - chunked[:, :2]).abs().max() < 1e-5  # the first chunk sees no other chunk
+    assert (staggered[:, 2:4] - chunked[:, 2:4]).abs().max() > 1e-3  # the second saw it half denoised
+
+
+def test_rollout_within_the_window_is_sample_video():
+    model = random_model()
+    actions, scenes, noise = inputs()
+    within = rollout(model, actions, scenes, 2, noise=noise)
+    assert torch.equal(within, sample_video(model, actions, scenes, 2, noise=noise))
+
+
+def test_rolling_window_equals_recomputing_the_window():
+    """Past max_frames each chunk is generated from the last max_frames - c frames at positions 0 ..:
+    the same as recomputing that window from scratch under the block-causal mask at every step."""
+    model, steps, c, M = random_model(), 2, SMALL.chunk, SMALL.max_frames
+    actions, scenes, noise = inputs(n_frames=20)
+    video = rollout(model, actions, scenes, steps, noise=noise)
+    assert video.shape == noise.shape
+    keep = M - c
+    for k in (M, M + c, 20 - c):  # chunks after the window filled
+        context, z = video[:, k - keep:k], noise[:, k:k + c].clone()
+        mask = block_causal_mask(M, c, SMALL.tokens_per_frame)
+        for t in (1.0, 0.5):
+            times = torch.cat([torch.zeros(2, keep), torch.full((2, c), t)], 1)
+            v = model(torch.cat([context, z], 1), times, actions[:, k - keep:k + c], scenes, mask=mask)[:, keep:]
+            z = z - 0.5 * v
+        assert (z - video[:, k:k + c]).abs().max() < 1e-4
+
+
+def test_sample_chunks_yields_chunks_in_order():
+    model = random_model()
+    actions, scenes, noise = inputs()
+    chunks = list(sample_chunks(model, actions, scenes, 2, noise=noise))
+    assert [x.shape[1] for x in chunks] == [2, 2, 2, 2]
+    assert torch.equal(torch.cat(chunks, 1), sample_video(model, actions, scenes, 2, noise=noise))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Training
+# ---------------------------------------------------------------------------------------------------
+
+def test_video_clips_are_real_spriteworld_windows():
+    x, a, s = video_clips(SpriteWorld(VIDEO_WORLD), 4, 8, torch.Generator().manual_seed(0))
+    assert x.shape == (4, 8, 3, 16, 16) and a.shape == (4, 8) and s.shape == (4,)
+    scores = score_video(x, s, a)
+    assert scores["validity"] > 0.9 and scores["action"] > 0.9
+
+
+@pytest.mark.parametrize("method", ["teacher_forcing", "diffusion_forcing"])
+def test_training_lowers_the_loss(method):
+    config = dataclasses.replace(SMALL, max_frames=4)
+    model, losses, _ = train(method, VideoTransformer(config), VideoRecipe(steps=60, batch_size=8, lr=3e-3),
+                             device="cpu", progress=False)
+    first, last = sum(losses[:10]) / 10, sum(losses[-10:]) / 10
+    assert last < 0.8 * first, (first, last)
+    assert not model.training
+
+
+def test_teacher_forcing_sequence_is_what_the_sampler_sees():
+    """In the doubled [clean | noisy] sequence, noisy chunk k gets the same velocity as at inference:
+    the model run on [clean chunks < k | noisy chunk k] under the block-causal mask."""
+    model, c, P = random_model(), SMALL.chunk, SMALL.tokens_per_frame
+    actions, scenes, z = inputs()
+    x, t = torch.rand(2, 8, 3, 16, 16), torch.rand(2, 4).repeat_interleave(c, 1)
+    v = model(torch.cat([x, z], 1), torch.cat([torch.zeros_like(t), t], 1), actions.repeat(1, 2), scenes,
+              frame_pos=torch.arange(8).repeat(2), mask=teacher_forcing_mask(8, c, P))[:, 8:]
+    for k in range(0, 8, c):
+        seq = torch.cat([x[:, :k], z[:, k:k + c]], 1)
+        times = torch.cat([torch.zeros(2, k), t[:, k:k + c]], 1)
+        ref = model(seq, times, actions[:, :k + c], scenes, mask=block_causal_mask(k + c, c, P))[:, k:]
+        assert (v[:, k:k + c] - ref).abs().max() < 1e-4
+
+
+# ---------------------------------------------------------------------------------------------------
+# The shipped models
+# ---------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("method", ["teacher_forcing", "diffusion_forcing"])
+def test_shipped_models_load_with_their_recipe(method):
+    model, meta = load_video_model(method)
+    assert meta["method"] == method
+    assert meta["recipe"]["steps"] == RECIPES[method].steps
+    assert meta["train_seconds"] <= 3600  # the issue's CPU budget
+    assert set(meta["toybench_16"]) >= {"validity", "count", "action"}
+
+
+def test_what_the_shipped_models_learned():
+    """Fresh samples at the training length (16 frames). The issue's goal, 0.85 on validity, count and
+    action following for the better model, is NOT reached (README, figures); this pins what they do learn:
+    diffusion forcing draws the scene and steers the player (a player that never moves scores ~0.2 on
+    action following), teacher forcing at equal compute only the scene."""
+    actions, scenes = eval_actions(16, 16, seed=5)
+    scores = {}
+    for method in ("teacher_forcing", "diffusion_forcing"):
+        model, _ = load_video_model(method)
+        video = sample_video(model, actions, scenes, 8, generator=torch.Generator().manual_seed(5))
+        scores[method] = score_video(video.clamp(0, 1), scenes, actions)
+    df, tf = scores["diffusion_forcing"], scores["teacher_forcing"]
+    assert min(df["background"], df["scene"], tf["background"], tf["scene"]) >= 0.95, scores
+    assert df["action"] > 0.3 and df["validity"] > 0.05 and df["count"] > 0.05, scores
+    assert df["validity"] > tf["validity"] and df["action"] > tf["action"], scores
+
+
+# ---------------------------------------------------------------------------------------------------
+# Bad input
+# ---------------------------------------------------------------------------------------------------
+
+def test_bad_input_raises_clear_errors():
+    model = random_model()
+    actions, scenes, noise = inputs()
+    with pytest.raises(ValueError, match="chunk size .* must divide"):
+        sample_video(model, actions[:, :7], scenes, 2)
+    with pytest.raises(ValueError, match="chunk size .* must divide"):
+        block_causal_mask(5, 2, 16)
+    with pytest.raises(ValueError, match="chunk .* must divide max_frames"):
+        VideoConfig(max_frames=15, chunk=2)
+    with pytest.raises(ValueError, match="patch .* must divide size"):
+        VideoConfig(patch=5)
+    with pytest.raises(ValueError, match="frames must be"):
+        model(torch.zeros(2, 8, 3, 8, 8), torch.zeros(2, 8), actions, scenes)
+    with pytest.raises(ValueError, match="frames must be"):
+        model(torch.zeros(2, 8, 16, 16), torch.zeros(2, 8), actions, scenes)
+    with pytest.raises(ValueError, match=r"actions must be in \[0, 5\)"):
+        sample_video(model, actions + 5, scenes, 2)
+    with pytest.raises(ValueError, match=r"scene must be in \[0, 4\)"):
+        sample_video(model, actions, scenes + 4, 2)
+    with pytest.raises(ValueError, match=r"scene must be in \[0, 4\)"):
+        sample_video(model, actions, 9, 2)
+    with pytest.raises(TypeError, match="actions must be an int64 tensor"):
+        sample_video(model, actions.float(), scenes, 2)
+    with pytest.raises(ValueError, match="t must lie in"):
+        model(noise, torch.full((2, 8), 1.5), actions, scenes)
+    with pytest.raises(ValueError, match="noise must be"):
+        sample_video(model, actions, scenes, 2, noise=noise[:, :4])
+    with pytest.raises(ValueError, match="steps"):
+        sample_video(model, actions, scenes, 0)
+    with pytest.raises(ValueError, match="lag must be"):
+        sample_pyramid(model, actions, scenes, 2, lag=3)
+    with pytest.raises(ValueError, match="method must be one of"):
+        video_loss("self_forcing", model, noise, actions, scenes)
+
+
+def test_a_rollout_longer_than_a_non_rolling_cache_raises():
+    model = random_model()
+    actions, scenes, _ = inputs(n_frames=10)  # max_frames is 8
+    with pytest.raises(ValueError, match="the cache holds max_frames = 8 frames"):
+        sample_video(model, actions, scenes, 2)
+    cache = model.new_cache(2)
+    cache.advance(cache.capacity)
+    with pytest.raises(ValueError, match="do not fit"):
+        model(torch.zeros(2, 2, 3, 16, 16), torch.zeros(2, 2), actions[:, :2], scenes, cache=cache)
