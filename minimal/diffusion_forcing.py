@@ -41,7 +41,7 @@ from .data import ACTIONS, VIDEO_WORLD, SpriteWorld
 from .flow_matching import check_nfe, interpolate
 from .kv_cache import KVCache
 from .timing import Timer, percentile, resolve_device
-from .video_model import VideoConfig, VideoTransformer, block_causal_mask, check_chunked, chunk_mask
+from .video_model import VideoConfig, VideoTransformer, block_causal_mask, check_chunked, chunk_mask, token_chunks
 
 METHODS = ("teacher_forcing", "diffusion_forcing")
 
@@ -66,10 +66,9 @@ def chunk_times(batch_size: int, n_frames: int, chunk: int, generator=None, devi
 def teacher_forcing_mask(n_frames: int, chunk: int, tokens_per_frame: int, device=None) -> torch.Tensor:
     """(2L, 2L) bool for [clean | noisy]: clean sees clean chunks <= its own; noisy chunk k sees clean
     chunks < k and its own noisy chunk."""
-    L = n_frames * tokens_per_frame
-    chunk_of = torch.arange(L, device=device) // (chunk * tokens_per_frame)  # (L,)
+    chunk_of = token_chunks(n_frames, chunk, tokens_per_frame, device)  # (L,)
     q, k = chunk_of[:, None], chunk_of[None, :]
-    top = torch.cat([k <= q, torch.zeros(L, L, dtype=torch.bool, device=device)], dim=1)  # clean queries
+    top = torch.cat([k <= q, torch.zeros_like(k <= q)], dim=1)  # clean queries
     bottom = torch.cat([k < q, k == q], dim=1)  # noisy queries
     return torch.cat([top, bottom], dim=0)
 
@@ -168,7 +167,7 @@ def _denoise_chunk(model, e, a, scene, steps, cache=None, context=None, context_
     """n Euler steps on one chunk from noise e (B, c, 3, H, W).
 
     With a cache: the context is in it and every step attends to it. Without: the clean context frames
-    (B, F', ...) are recomputed at t = 0 with the chunk, under the block-causal mask, at every step.
+    (B, F', ...), F' >= 0, are recomputed at t = 0 with the chunk, under the block-causal mask, at every step.
     """
     cfg = model.config
     ts = torch.linspace(1.0, 0.0, steps + 1, device=e.device)
@@ -178,10 +177,10 @@ def _denoise_chunk(model, e, a, scene, steps, cache=None, context=None, context_
         if cache is not None:
             v = model(z, tz, a, scene, cache=cache)
         else:
-            n_ctx = 0 if context is None else context.shape[1]
-            seq = z if not n_ctx else torch.cat([context, z], 1)
-            t_seq = tz if not n_ctx else torch.cat([torch.zeros(context.shape[:2], device=e.device), tz], 1)
-            a_seq = a if not n_ctx else torch.cat([context_actions, a], 1)
+            n_ctx = context.shape[1]
+            seq = torch.cat([context, z], 1)
+            t_seq = torch.cat([torch.zeros(context.shape[:2], device=e.device), tz], 1)
+            a_seq = torch.cat([context_actions, a], 1)
             mask = block_causal_mask(seq.shape[1], cfg.chunk, cfg.tokens_per_frame, e.device)
             v = model(seq, t_seq, a_seq, scene, mask=mask)[:, n_ctx:]
         z = z - (t - t_next) * v  # z_{t - dt} = z_t - dt v(z_t, t)
@@ -227,10 +226,10 @@ def sample_chunks(model: VideoTransformer, actions: torch.Tensor, scene, steps: 
     frames = []
     for k in range(0, Fr, cfg.chunk):
         a = actions[:, k:k + cfg.chunk]
-        if use_cache and cache.length == cache.capacity:
+        if use_cache and cache.length == cache.capacity:  # the window is full: re-encode its last chunks
             cache.reset()
-            _encode_context(model, torch.cat(frames, 1)[:, -keep:], actions[:, k - keep:k], scene, cache)
-        context = torch.cat(frames, 1) if frames and not use_cache else None
+            _encode_context(model, torch.cat(frames[-(keep // cfg.chunk):], 1), actions[:, k - keep:k], scene, cache)
+        context = None if use_cache else torch.cat([noise[:, :0], *frames], 1)  # (B, k, ...), empty at first
         x = _denoise_chunk(model, noise[:, k:k + cfg.chunk], a, scene, steps, cache, context, actions[:, :k])
         if use_cache:
             _encode_context(model, x, a, scene, cache)

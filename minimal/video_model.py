@@ -93,10 +93,15 @@ def check_chunked(n_frames: int, chunk: int) -> None:
         raise ValueError(f"the chunk size ({chunk} frames) must divide the number of frames, got {n_frames}")
 
 
+def token_chunks(n_frames: int, chunk: int, tokens_per_frame: int, device=None) -> torch.Tensor:
+    """(L,) the chunk of every token of a frame-major sequence: chunk(i) = i // (c P)."""
+    check_chunked(n_frames, chunk)
+    return torch.arange(n_frames * tokens_per_frame, device=device) // (chunk * tokens_per_frame)
+
+
 def block_causal_mask(n_frames: int, chunk: int, tokens_per_frame: int, device=None) -> torch.Tensor:
     """(L, L) bool, L = n_frames * tokens_per_frame: token i may attend to j iff chunk(j) <= chunk(i)."""
-    check_chunked(n_frames, chunk)
-    chunk_of = torch.arange(n_frames * tokens_per_frame, device=device) // (chunk * tokens_per_frame)  # (L,)
+    chunk_of = token_chunks(n_frames, chunk, tokens_per_frame, device)  # (L,)
     return chunk_of[None, :] <= chunk_of[:, None]
 
 
