@@ -13,6 +13,7 @@ import json
 RECIPES = {
     "text-gpt": "minimal.text_gpt:train_recipe",
     "text-gpt-sink": "minimal.sinks:train_sink_recipe",
+    "bb-gpt": "minimal.sink_emergence:train_recipe",
     "text-draft": "minimal.speculative:train_draft_recipe",
     "image-gpt": "minimal.image_tokens:train_recipe",
     "flow-2d": "minimal.flow_bench:train_flow_2d",
