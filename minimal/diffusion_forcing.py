@@ -20,8 +20,11 @@ with teacher forcing's training is exposure bias, and errors then compound over 
 Samplers:
     sample_video    chunk by chunk, n Euler steps per chunk, with the frame KV cache (or, as the slow
                     reference, recomputing the whole prefix under the block-causal mask every step)
-    rollout         any length: when the cache is full, drop the oldest chunk and re-encode the
-                    window at positions 0 .. (a sliding window with KV re-cache)
+    rollout         any length, two ways past max_frames: "reencode", when the cache is full drop the
+                    oldest chunk and re-encode the window at positions 0 .. (StreamingLLM's sliding
+                    window with recompute, the quality reference); "rolling", the rolling frame cache
+                    (sinks.SinkCache over frames: n_sink sink frames + a ring of recent ones, keys
+                    re-rotated), one 1-chunk context pass per chunk whatever the length
     sample_pyramid  diffusion forcing's pyramid: chunk k starts `lag` steps after chunk k - 1, so several
                     chunks are denoised at once at staggered noise levels (lag = steps is chunk by chunk)
 """
@@ -199,40 +202,56 @@ def _encode_context(model, x, a, scene, cache: KVCache):
     cache.advance(x.shape[1] * cfg.tokens_per_frame)
 
 
+CACHES = ("static", "reencode", "rolling")
+
+
+def _context_cache(model: VideoTransformer, batch_size: int, n_frames: int, cache, n_sink: int):
+    """The cache object that `cache` names (see sample_chunks); None for recomputation."""
+    if n_sink != 0 and cache != "rolling":
+        raise ValueError(f"n_sink counts the sink frames of cache='rolling', got cache={cache!r}")
+    if not isinstance(cache, str):
+        return cache
+    if cache not in CACHES:
+        raise ValueError(f"cache must be one of {CACHES}, None or a cache object, got {cache!r}")
+    if cache == "static" and n_frames > model.config.max_frames:
+        raise ValueError(f"the cache holds max_frames = {model.config.max_frames} frames; a {n_frames}-frame "
+                         "video needs rollout (cache='rolling' or 'reencode'), which slides a window over it")
+    return model.new_rolling_cache(batch_size, n_sink) if cache == "rolling" else model.new_cache(batch_size)
+
+
 @torch.no_grad()
 def sample_chunks(model: VideoTransformer, actions: torch.Tensor, scene, steps: int = 8, noise=None,
-                  use_cache: bool = True, rolling: bool = False, generator=None):
+                  cache="static", n_sink: int = 0, generator=None):
     """Generate a video chunk by chunk from scratch; yields each chunk (B, c, 3, H, W) when it is done.
 
     actions (B, F) int64: the action that moves the player into each frame; scene: int or (B,).
     noise: (B, F, 3, H, W) starting noise (default drawn from `generator`); the same noise gives the
         same video with and without the cache.
-    use_cache: keep the context in the frame KV cache (one context pass per chunk); False recomputes the
-        whole prefix at every denoising step (the slow reference).
-    rolling: for videos longer than max_frames. When the cache is full the oldest chunk is dropped and
-        the last max_frames - c frames are re-encoded at positions 0 .., so RoPE never sees a position
-        beyond training (the price: one longer context pass per chunk from then on).
+    cache: how the context is kept
+        "static"    one KVCache of max_frames frames; F <= max_frames
+        "reencode"  the same; once full, every chunk resets it and re-encodes the last max_frames - c
+                    frames at positions 0 .. (the price: a (max_frames - c)-frame context pass per chunk)
+        "rolling"   model.new_rolling_cache(B, n_sink): n_sink sink frames + a ring of the newest
+                    max_frames - n_sink, keys rotated by their position inside it (fixed cost per chunk)
+        None        no cache: recompute the whole prefix at every denoising step (the slow reference)
+        a cache object with SinkCache's members (e.g. sinks.NaiveSinkCache), used as given
+    The named ones keep every RoPE position below max_frames; within max_frames all of them agree.
     """
-    cfg = model.config
+    c = model.config.chunk
     B, Fr, scene = _check_sampling(model, actions, scene, steps, noise)
-    if rolling and not use_cache:
-        raise ValueError("rolling=True slides a window over the cache; it needs use_cache=True")
-    if use_cache and not rolling and Fr > cfg.max_frames:
-        raise ValueError(f"the cache holds max_frames = {cfg.max_frames} frames; a {Fr}-frame video needs "
-                         "rolling=True (rollout), which slides a window over it")
+    kv = _context_cache(model, B, Fr, cache, n_sink)
     noise = _noise(model, B, Fr, noise, generator)
-    cache = model.new_cache(B) if use_cache else None
-    keep = cfg.max_frames - cfg.chunk
+    keep = model.config.max_frames - c
     frames = []
-    for k in range(0, Fr, cfg.chunk):
-        a = actions[:, k:k + cfg.chunk]
-        if use_cache and cache.length == cache.capacity:  # the window is full: re-encode its last chunks
-            cache.reset()
-            _encode_context(model, torch.cat(frames[-(keep // cfg.chunk):], 1), actions[:, k - keep:k], scene, cache)
-        context = None if use_cache else torch.cat([noise[:, :0], *frames], 1)  # (B, k, ...), empty at first
-        x = _denoise_chunk(model, noise[:, k:k + cfg.chunk], a, scene, steps, cache, context, actions[:, :k])
-        if use_cache:
-            _encode_context(model, x, a, scene, cache)
+    for k in range(0, Fr, c):
+        a = actions[:, k:k + c]
+        if cache == "reencode" and kv.length == kv.capacity:  # the window is full: re-encode its last chunks
+            kv.reset()
+            _encode_context(model, torch.cat(frames[-(keep // c):], 1), actions[:, k - keep:k], scene, kv)
+        context = None if kv is not None else torch.cat([noise[:, :0], *frames], 1)  # (B, k, ...), empty at first
+        x = _denoise_chunk(model, noise[:, k:k + c], a, scene, steps, kv, context, actions[:, :k])
+        if kv is not None:
+            _encode_context(model, x, a, scene, kv)
         frames.append(x)
         yield x
 
@@ -240,15 +259,17 @@ def sample_chunks(model: VideoTransformer, actions: torch.Tensor, scene, steps: 
 @torch.no_grad()
 def sample_video(model: VideoTransformer, actions: torch.Tensor, scene, steps: int = 8, noise=None,
                  use_cache: bool = True, generator=None) -> torch.Tensor:
-    """F <= max_frames frames (B, F, 3, H, W), chunk by chunk (see sample_chunks)."""
-    return torch.cat(list(sample_chunks(model, actions, scene, steps, noise, use_cache, False, generator)), 1)
+    """F <= max_frames frames (B, F, 3, H, W), chunk by chunk, with the static cache or recomputing."""
+    chunks = sample_chunks(model, actions, scene, steps, noise, "static" if use_cache else None, 0, generator)
+    return torch.cat(list(chunks), 1)
 
 
 @torch.no_grad()
 def rollout(model: VideoTransformer, actions: torch.Tensor, scene, steps: int = 8, noise=None,
-            generator=None) -> torch.Tensor:
-    """Any number of frames (B, F, 3, H, W) with the sliding window (sample_chunks, rolling=True)."""
-    return torch.cat(list(sample_chunks(model, actions, scene, steps, noise, True, True, generator)), 1)
+            generator=None, cache="reencode", n_sink: int = 0) -> torch.Tensor:
+    """Any number of frames (B, F, 3, H, W): sample_chunks with a sliding window, cache="reencode"
+    (the quality reference) or "rolling" (the fixed-cost streaming path, n_sink sink frames)."""
+    return torch.cat(list(sample_chunks(model, actions, scene, steps, noise, cache, n_sink, generator)), 1)
 
 
 @torch.no_grad()
@@ -328,10 +349,11 @@ def load_video_model(method: str, device=None) -> tuple[VideoTransformer, dict]:
 # Benchmark: python -m minimal.bench video
 # ---------------------------------------------------------------------------------------------------
 
-def _chunk_times(model, n_frames: int, use_cache: bool, steps: int, device) -> list[float]:
+def _chunk_times(model, n_frames: int, cache, n_sink: int, steps: int, device) -> list[float]:
     """Seconds to produce each chunk of an n_frames video (denoising steps plus, cached, the context pass)."""
     actions = torch.zeros(1, n_frames, dtype=torch.long, device=device)
-    chunks = sample_chunks(model, actions, 0, steps, use_cache=use_cache, generator=torch.Generator().manual_seed(0))
+    chunks = sample_chunks(model, actions, 0, steps, cache=cache, n_sink=n_sink,
+                           generator=torch.Generator().manual_seed(0))
     times = []
     for _ in range(n_frames // model.config.chunk):
         with Timer(device) as t:
@@ -340,36 +362,64 @@ def _chunk_times(model, n_frames: int, use_cache: bool, steps: int, device) -> l
     return times
 
 
-def bench(device=None, quick: bool = False, repeats: int = 5) -> tuple[str, dict]:
-    """Per-chunk latency with the frame KV cache and with recomputation, side by side, up to 64 frames.
+def bench(device=None, quick: bool = False, repeats: int = 5, n_sink: int = 2) -> tuple[str, dict]:
+    """Per-chunk latency up to 64 frames: the rolling frame cache (window = the max_frames = 16 trained
+    frames; without and with n_sink sink frames), the re-encoding sliding window, a growing 64-frame KV
+    cache, and recomputation.
 
-    The model has CONFIG's size with a 64-frame cache (latency does not depend on the weights).
-    flatness = cached latency at frame 64 / at frame 8; speedup = recompute / cached at frame 64.
+    Latency does not depend on the weights: CONFIG's size, random weights (shared by a 64-frame copy
+    for the growing cache and recomputation). flatness = rolling latency at frame 64 / at frame 8;
+    speedup = recompute / rolling at frame 64; the growing cache's under their own keys.
+    speedup_reencode = re-encoding window / rolling at frame 64.
     """
     device = resolve_device(device)
     n, steps = (16, 2) if quick else (64, 8)
     torch.manual_seed(0)
-    model = VideoTransformer(VideoConfig(**{**asdict(CONFIG), "max_frames": n})).to(device).eval()
-    c = model.config.chunk
-    _chunk_times(model, 4 * c, True, steps, device), _chunk_times(model, 4 * c, False, steps, device)  # warm-up
-    runs = {True: [], False: []}
-    for _ in range(repeats):  # interleaved, so drift in machine speed hits both alike
-        for use_cache in (True, False):
-            runs[use_cache].append(_chunk_times(model, n, use_cache, steps, device))
+    model = VideoTransformer(CONFIG).to(device).eval()
+    growing = VideoTransformer(VideoConfig(**{**asdict(CONFIG), "max_frames": n})).to(device).eval()
+    growing.load_state_dict(model.state_dict())
+    c = CONFIG.chunk
+    runs = {  # name: (label, model, cache, n_sink)
+        "rolling": ("rolling", model, "rolling", 0),
+        "rolling_sinks": (f"rolling {n_sink} sinks", model, "rolling", n_sink),
+        "reencode": ("re-encode", model, "reencode", 0),
+        "growing_cache": ("growing cache", growing, "static", 0),
+        "recompute": ("recompute", growing, None, 0)}
+    for _, m, cache, sinks in runs.values():  # warm-up
+        _chunk_times(m, 4 * c, cache, sinks, steps, device)
+    times = {name: [] for name in runs}
+    for _ in range(repeats):  # interleaved, so drift in machine speed hits all alike
+        for name, (_, m, cache, sinks) in runs.items():
+            times[name].append(_chunk_times(m, n, cache, sinks, steps, device))
 
-    def latency(use_cache: bool, frame: int) -> float:
+    def latency(name: str, frame: int) -> float:
         """Median over repeats of the time of the chunk that ends at `frame`."""
-        return percentile([r[frame // c - 1] for r in runs[use_cache]], 50)
+        return percentile([r[frame // c - 1] for r in times[name]], 50)
 
     frames = [m for m in (8, 16, 32, 64) if m <= n]
-    header = f"{'frame':>6} | {'ms/chunk cache':>14} {'ms/chunk recompute':>18} | {'speedup':>7}"
-    rows = [f"{m:>6} | {latency(True, m) * 1e3:>14.2f} {latency(False, m) * 1e3:>18.2f} | "
-            f"{latency(False, m) / latency(True, m):>6.1f}x" for m in frames]
-    result = {"frames": n, "chunk": c, "steps": steps, "device": str(device), "repeats": repeats,
-              "ms_per_chunk_cache": {m: latency(True, m) * 1e3 for m in frames},
-              "ms_per_chunk_recompute": {m: latency(False, m) * 1e3 for m in frames},
-              "flatness": latency(True, n) / latency(True, frames[0]),
-              "speedup": latency(False, n) / latency(True, n)}
-    title = (f"Frame KV cache vs recompute: {steps} Euler steps per {c}-frame chunk, "
-             f"{model.n_params() / 1e6:.2f}M-param video transformer, {device}, median of {repeats} runs")
-    return "\n".join([title, header, "-" * len(header), *rows]), result
+    first = frames[0]
+    rolling_bytes = model.new_rolling_cache(1).nbytes
+    growing_bytes = {m: model.new_cache(1, m).nbytes for m in (first, n)}  # the slots holding m frames
+    header = f"{'frame':>6} | " + " ".join(f"{label:>16}" for label, *_ in runs.values()) + " | ms per chunk"
+    rows = [f"{m:>6} | " + " ".join(f"{latency(name, m) * 1e3:>16.2f}" for name in runs) for m in frames]
+    result = {"frames": n, "chunk": c, "steps": steps, "window": CONFIG.max_frames, "n_sink": n_sink,
+              "device": str(device), "repeats": repeats,
+              **{f"ms_per_chunk_{name}": {m: latency(name, m) * 1e3 for m in frames} for name in runs},
+              "flatness": latency("rolling", n) / latency("rolling", first),
+              "flatness_sinks": latency("rolling_sinks", n) / latency("rolling_sinks", first),
+              "flatness_growing_cache": latency("growing_cache", n) / latency("growing_cache", first),
+              "speedup": latency("recompute", n) / latency("rolling", n),
+              "speedup_growing_cache": latency("recompute", n) / latency("growing_cache", n),
+              "speedup_reencode": latency("reencode", n) / latency("rolling", n),
+              "cache_bytes": {first: rolling_bytes, n: rolling_bytes},
+              "cache_bytes_growing": growing_bytes}
+    title = (f"Rolling frame cache vs re-encoding window, growing KV cache, recompute: {steps} Euler steps per "
+             f"{c}-frame chunk, {model.n_params() / 1e6:.2f}M-param video transformer, {device}, "
+             f"median of {repeats} runs")
+    summary = [f"flatness (frame {n} / frame {first}): rolling {result['flatness']:.2f}, growing cache "
+               f"{result['flatness_growing_cache']:.2f}",
+               f"speedup at frame {n}: rolling over recompute {result['speedup']:.1f}x (growing cache "
+               f"{result['speedup_growing_cache']:.1f}x), rolling over re-encode {result['speedup_reencode']:.1f}x",
+               f"cache bytes at frame {first} -> {n}: rolling {rolling_bytes} -> {rolling_bytes}, growing "
+               f"{growing_bytes[first]} -> {growing_bytes[n]}"]
+    return "\n".join([title, header, "-" * len(header), *rows, *summary]), result

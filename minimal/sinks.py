@@ -19,8 +19,15 @@ physical slot order is not the logical order, which is fine: attention is a sum 
 key's position must be right. `NaiveSinkCache` is the obviously-correct reference: Python lists, evict
 by slicing, positions 0..n-1 in list order. A test checks they agree.
 
+A cache slot need not hold one token. For video (Self Forcing's rolling KV cache, LongLive's frame sink)
+a position is a frame: its P = `tokens_per_position` patch tokens share one RoPE position, n_sink and
+window count frames, and the ring turns one chunk of c frames (c P tokens) at a time. The denoising
+steps of a chunk write after the kept frames without advancing, each overwriting the last; once the
+cache is full they write into the oldest recent chunk's slots, which the chunk's context pass then
+keeps (`video_model.py`). Text is the case P = c = 1.
+
 Simplifications vs the paper: batch streams advance in lockstep; prefill may not evict (feed tokens one
-at a time once the cache is full).
+at a time, or one chunk at a time, once the cache is full).
 """
 
 from __future__ import annotations
@@ -28,25 +35,35 @@ from __future__ import annotations
 import torch
 
 
-def _check_sizes(n_sink: int, window: int, max_positions: int | None) -> None:
-    if not isinstance(n_sink, int) or n_sink < 0:
-        raise ValueError(f"n_sink must be an int >= 0, got {n_sink!r}")
-    if not isinstance(window, int) or window < 1:
-        raise ValueError(f"window must be an int >= 1, got {window!r}")
+def _check_sizes(n_sink: int, window: int, max_positions: int | None, chunk: int = 1) -> None:
+    unit = f" and a multiple of the chunk ({chunk})" if chunk > 1 else ""
+    if not isinstance(n_sink, int) or n_sink < 0 or n_sink % chunk:
+        raise ValueError(f"n_sink must be an int >= 0{unit}, got {n_sink!r}")
+    if not isinstance(window, int) or window < 1 or window % chunk:
+        raise ValueError(f"window must be an int >= 1{unit}, got {window!r}")
     if max_positions is not None and n_sink + window > max_positions:
         raise ValueError(f"n_sink + window = {n_sink + window} exceeds the capacity of {max_positions} "
                          f"positions the model was trained on")
 
 
 class SinkCache:
-    """Fixed-memory rolling cache: n_sink sink slots + a ring of `window` recent slots, raw keys."""
+    """Fixed-memory rolling cache: n_sink sink positions + a ring of `window` recent ones, raw keys.
+
+    A position holds P = tokens_per_position tokens (a character: 1; a frame: its patches); the ring
+    evicts `chunk` positions at a time. Sizes in positions; length, capacity and n_seen in tokens."""
 
     stores_raw_keys = True
 
     def __init__(self, n_layer: int, batch_size: int, n_head: int, head_dim: int, n_sink: int, window: int,
-                 max_positions: int | None = None, device=None, dtype=torch.float32):
-        _check_sizes(n_sink, window, max_positions)
-        self.n_sink, self.window, self.capacity = n_sink, window, n_sink + window
+                 max_positions: int | None = None, device=None, dtype=torch.float32,
+                 tokens_per_position: int = 1, chunk: int = 1):
+        for name, value in (("tokens_per_position", tokens_per_position), ("chunk", chunk)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        _check_sizes(n_sink, window, max_positions, chunk)
+        self.n_sink, self.window, self.P = n_sink, window, tokens_per_position
+        self.capacity = (n_sink + window) * self.P  # token slots
+        self.step = chunk * self.P  # tokens written per step once the cache is full
         shape = (n_layer, batch_size, n_head, self.capacity, head_dim)
         self.k = torch.zeros(shape, device=device, dtype=dtype)  # raw (un-rotated) keys
         self.v = torch.zeros(shape, device=device, dtype=dtype)
@@ -71,16 +88,16 @@ class SinkCache:
     def _evicting(self, n: int) -> bool:
         if self.n_seen + n <= self.capacity:
             return False
-        if n != 1:
+        if n != self.step or (self.n_seen - self.capacity) % self.step:
+            what = "one token" if self.step == 1 else f"one chunk ({self.step} tokens, from a full cache)"
             raise ValueError(f"{n} tokens would overflow the {self.capacity} slots: once the cache is full, "
-                             f"feed one token at a time")
+                             f"feed {what} at a time")
         return True
 
     def next_positions(self, n: int) -> torch.Tensor:
-        """Positions of the next n tokens: after the kept ones, or the last slot once full."""
-        if self._evicting(n):
-            return torch.tensor([self.capacity - 1], device=self.k.device)
-        return torch.arange(self.n_seen, self.n_seen + n, device=self.k.device)
+        """Positions of the next n tokens: after the kept ones, or the last slots once full."""
+        start = self.capacity - n if self._evicting(n) else self.n_seen
+        return torch.arange(start, start + n, device=self.k.device) // self.P
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor, q: torch.Tensor | None = None):
         """Store raw k, v (B, H, n, D); return all valid slots (B, H, T_k, D) in physical order.
@@ -88,9 +105,10 @@ class SinkCache:
         The queries q are not needed here (see `deep_sink.CompressingCache`, which ranks keys by them)."""
         n = self._n_last = k.shape[2]
         if self._evicting(n):
-            slot = self.n_sink + (self.n_seen - self.n_sink) % self.window  # the oldest recent token's slot
-            self.k[layer, :, :, slot] = k[:, :, 0]
-            self.v[layer, :, :, slot] = v[:, :, 0]
+            s, w = self.n_sink * self.P, self.window * self.P
+            slot = s + (self.n_seen - s) % w  # the oldest recent chunk's first slot
+            self.k[layer, :, :, slot:slot + n] = k
+            self.v[layer, :, :, slot:slot + n] = v
             return self.k[layer], self.v[layer]
         end = self.n_seen + n
         self.k[layer, :, :, self.n_seen:end] = k
@@ -100,11 +118,12 @@ class SinkCache:
     def key_positions(self) -> torch.Tensor:
         """Cache position of every slot returned by the last `update` (before `advance`)."""
         device = self.k.device
-        if self.n_seen + self._n_last <= self.capacity:  # not wrapped: slot index == position
-            return torch.arange(self.n_seen + self._n_last, device=device)
-        newest = (self.n_seen - self.n_sink) % self.window  # ring slot of the token just written
-        age = (newest - torch.arange(self.window, device=device)) % self.window  # 0 for the newest
-        return torch.cat([torch.arange(self.n_sink, device=device), self.capacity - 1 - age])  # (capacity,)
+        if self.n_seen + self._n_last <= self.capacity:  # not wrapped: slot index == token position
+            return torch.arange(self.n_seen + self._n_last, device=device) // self.P
+        s, w = self.n_sink * self.P, self.window * self.P
+        oldest = (self.n_seen + self._n_last - s) % w  # ring slot of the oldest kept token
+        order = (torch.arange(w, device=device) - oldest) % w  # 0 for the oldest, w - 1 for the newest
+        return torch.cat([torch.arange(s, device=device), s + order]) // self.P  # (capacity,)
 
     def advance(self, n: int) -> None:
         self.n_seen += n
@@ -114,37 +133,40 @@ class SinkCache:
 
 
 class NaiveSinkCache:
-    """Reference: lists of raw keys per layer, evict by slicing, positions 0..n-1 in list order."""
+    """Reference: lists of raw keys per layer, one entry per position (its P tokens), evict by slicing,
+    positions 0..n-1 in list order. A step's update is kept only once `advance` commits it."""
 
     stores_raw_keys = True
 
-    def __init__(self, n_layer: int, n_sink: int, window: int):
+    def __init__(self, n_layer: int, n_sink: int, window: int, tokens_per_position: int = 1):
         _check_sizes(n_sink, window, None)
-        self.n_sink, self.window, self.capacity = n_sink, window, n_sink + window
-        self.ks, self.vs = [[] for _ in range(n_layer)], [[] for _ in range(n_layer)]
-        self.n_kept = 0
+        self.n_sink, self.window, self.P = n_sink, window, tokens_per_position
+        self.capacity = n_sink + window  # positions
+        self.ks, self.vs = [[] for _ in range(n_layer)], [[] for _ in range(n_layer)]  # each (B, H, P, D)
+        self.new = [None] * n_layer  # (ks, vs) after the last update, not yet committed
 
     @property
     def length(self) -> int:
-        return self.n_kept
+        return len(self.ks[0]) * self.P
 
     def next_positions(self, n: int) -> torch.Tensor:
-        end = min(self.n_kept + n, self.capacity)
-        return torch.arange(end - n, end)
+        end = min(len(self.ks[0]) + n // self.P, self.capacity)
+        return torch.arange(end - n // self.P, end).repeat_interleave(self.P)
 
     def update(self, layer, k, v, q=None):
-        self.ks[layer] += k.unbind(2)
-        self.vs[layer] += v.unbind(2)
-        for kept in (self.ks[layer], self.vs[layer]):
-            del kept[self.n_sink:max(self.n_sink, len(kept) - self.window)]  # evict all but sinks + recent
-        self._n_keys = len(self.ks[layer])
-        return torch.stack(self.ks[layer], 2), torch.stack(self.vs[layer], 2)
+        kept = [self.ks[layer] + list(k.split(self.P, 2)), self.vs[layer] + list(v.split(self.P, 2))]
+        for x in kept:
+            del x[self.n_sink:max(self.n_sink, len(x) - self.window)]  # evict all but sinks + recent
+        self.new[layer] = kept
+        self._n_keys = len(kept[0])
+        return torch.cat(kept[0], 2), torch.cat(kept[1], 2)
 
     def key_positions(self) -> torch.Tensor:
-        return torch.arange(self._n_keys)
+        return torch.arange(self._n_keys).repeat_interleave(self.P)
 
     def advance(self, n: int) -> None:
-        self.n_kept = len(self.ks[0])
+        for layer, (ks, vs) in enumerate(self.new):
+            self.ks[layer], self.vs[layer] = ks, vs
 
 
 @torch.no_grad()

@@ -34,6 +34,12 @@ clean frames are run once through the model at t = 0 (the context pass) and thei
 every denoising step of the next chunk attends to that cache and writes its own keys/values into the
 slots after it without advancing, so the next step overwrites them. It is `kv_cache.KVCache` unchanged:
 its `update` writes at [length, length + T) and returns [0, length + T); `advance` moves on.
+
+The rolling frame cache (StreamingLLM's sinks over frames, as Self Forcing and LongLive stream): a
+`sinks.SinkCache` of n_sink sink frames + a ring of the `window` newest frames, in slots of P tokens,
+turning one chunk at a time. Keys are cached before RoPE and rotated at every step by their frame's
+position inside the cache, so the new chunk always sits at frames n_sink + window - c .. n_sink + window - 1
+and no position passes max_frames: fixed memory and a fixed cost per chunk, however long the video.
 """
 
 from __future__ import annotations
@@ -48,6 +54,7 @@ import torch.nn.functional as F
 from .data import ACTIONS, SCENES, VIDEO_WORLD
 from .flow_matching import check_times, time_features
 from .kv_cache import KVCache
+from .sinks import SinkCache
 from .transformer import Block
 
 T_MIN = 0.05  # v = (z - x_hat) / max(t, T_MIN): JiT's clip near the data end
@@ -186,9 +193,11 @@ class VideoTransformer(nn.Module):
                 manual: bool = False):
         """Velocity of every given frame.
 
-        frame_pos: (F,) time positions of the frames (RoPE); default cache.length / P + arange(F).
+        frame_pos: (F,) time positions of the frames (RoPE); default cache.length / P + arange(F), or
+            for a rolling cache (stores_raw_keys) its next_positions, the frames' positions inside it.
         cache: with a cache, the F frames come after the cached ones; their keys/values are written at
-            the cache's length, which is *not* advanced (call cache.advance after a context pass).
+            the cache's length (a full rolling cache: over its oldest recent chunk), which is *not*
+            advanced (call cache.advance after a context pass).
         mask: bool (L_q, L_k) or a FlexAttention BlockMask; None lets every token see every key
             (right for one chunk after a cache).
         """
@@ -196,9 +205,13 @@ class VideoTransformer(nn.Module):
         self.check_inputs(z, t, actions, scene)
         B, Fr = z.shape[:2]
         P = cfg.tokens_per_frame
-        if frame_pos is None:
+        if frame_pos is not None:
+            pos = frame_pos.repeat_interleave(P)  # (F P,)
+        elif getattr(cache, "stores_raw_keys", False):
+            pos = cache.next_positions(Fr * P).to(z.device)  # (F P,) frame positions inside the rolling cache
+        else:
             start = cache.length // P if cache is not None else 0
-            frame_pos = torch.arange(start, start + Fr, device=z.device)
+            pos = torch.arange(start, start + Fr, device=z.device).repeat_interleave(P)  # (F P,)
         if scene.ndim == 1:
             scene = scene[:, None].expand(B, Fr)
         x = self.patch_in(patchify(z, cfg.patch))  # (B, F P, C)
@@ -206,7 +219,6 @@ class VideoTransformer(nn.Module):
         c = self.time_mlp(time_features(t.reshape(-1).to(x.dtype), cfg.n_embd)).view(B, Fr, -1)
         c = c + self.action_emb(actions) + self.scene_emb(scene)  # (B, F, C)
         c = c.repeat_interleave(P, dim=1)  # (B, F P, C): per token, its frame's condition
-        pos = frame_pos.repeat_interleave(P)  # (F P,)
         for block in self.blocks:
             x = block(x, pos, mask, cache, manual, c)
         shift, scale = self.ada_f(F.silu(c)).chunk(2, dim=-1)
@@ -220,3 +232,14 @@ class VideoTransformer(nn.Module):
         n_frames = cfg.max_frames if n_frames is None else n_frames
         return KVCache(cfg.n_layer, batch_size, cfg.n_head, cfg.head_dim, n_frames * cfg.tokens_per_frame,
                        device=p.device, dtype=p.dtype)
+
+    def new_rolling_cache(self, batch_size: int, n_sink: int = 0, window: int | None = None) -> SinkCache:
+        """A rolling frame cache: n_sink sink frames + the `window` newest (default max_frames - n_sink),
+        both multiples of the chunk, n_sink + window <= max_frames."""
+        cfg, p = self.config, next(self.parameters())
+        if window is None:
+            if not isinstance(n_sink, int) or not 0 <= n_sink < cfg.max_frames:
+                raise ValueError(f"n_sink must be an int in [0, max_frames = {cfg.max_frames}), got {n_sink!r}")
+            window = cfg.max_frames - n_sink
+        return SinkCache(cfg.n_layer, batch_size, cfg.n_head, cfg.head_dim, n_sink, window, cfg.max_frames,
+                         p.device, p.dtype, tokens_per_position=cfg.tokens_per_frame, chunk=cfg.chunk)

@@ -10,6 +10,7 @@ from minimal.data import VIDEO_WORLD, SpriteWorld
 from minimal.diffusion_forcing import (
     RECIPES,
     VideoRecipe,
+    bench,
     eval_actions,
     load_video_model,
     rollout,
@@ -21,6 +22,7 @@ from minimal.diffusion_forcing import (
     video_clips,
     video_loss,
 )
+from minimal.sinks import NaiveSinkCache
 from minimal.toybench import score_video
 from minimal.video_model import (
     VideoConfig,
@@ -32,6 +34,7 @@ from minimal.video_model import (
 )
 
 SMALL = VideoConfig(n_layer=2, n_head=2, n_embd=32, max_frames=8, chunk=2)
+SMALL16 = dataclasses.replace(SMALL, max_frames=16)  # trained length 16: rolling caches stream past it
 
 
 def random_model(config=SMALL, seed=0) -> VideoTransformer:
@@ -177,10 +180,12 @@ def test_pyramid_with_lag_equal_to_steps_is_chunk_by_chunk():
     assert (staggered[:, 2:4] - chunked[:, 2:4]).abs().max() > 1e-3  # the second saw it half denoised
 
 
-def test_rollout_within_the_window_is_sample_video():
+@pytest.mark.parametrize("cache, n_sink", [("reencode", 0), ("rolling", 0), ("rolling", 2)])
+def test_rollout_within_the_window_is_sample_video(cache, n_sink):
+    """Before the cache is full, both sliding windows are the static cache, bit for bit."""
     model = random_model()
     actions, scenes, noise = inputs()
-    within = rollout(model, actions, scenes, 2, noise=noise)
+    within = rollout(model, actions, scenes, 2, noise=noise, cache=cache, n_sink=n_sink)
     assert torch.equal(within, sample_video(model, actions, scenes, 2, noise=noise))
 
 
@@ -189,7 +194,7 @@ def test_rolling_window_equals_recomputing_the_window():
     the same as recomputing that window from scratch under the block-causal mask at every step."""
     model, steps, c, M = random_model(), 2, SMALL.chunk, SMALL.max_frames
     actions, scenes, noise = inputs(n_frames=20)
-    video = rollout(model, actions, scenes, steps, noise=noise)
+    video = rollout(model, actions, scenes, steps, noise=noise, cache="reencode")
     assert video.shape == noise.shape
     keep = M - c
     for k in (M, M + c, 20 - c):  # chunks after the window filled
@@ -200,6 +205,57 @@ def test_rolling_window_equals_recomputing_the_window():
             v = model(torch.cat([context, z], 1), times, actions[:, k - keep:k + c], scenes, mask=mask)[:, keep:]
             z = z - 0.5 * v
         assert (z - video[:, k:k + c]).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("n_sink, window", [(0, 16), (2, 14), (4, 8), (0, 2), (6, 4)])
+def test_rolling_frame_cache_equals_the_naive_reference(n_sink, window):
+    """Ring of frame slots + re-rotated raw keys == lists of frames that evict by slicing and renumber
+    positions 0..n-1, over 44 frames of a 16-frame model (up to 21 chunk evictions); memory fixed."""
+    model = random_model(SMALL16)
+    actions, scenes, noise = inputs(n_frames=44)
+    fast = model.new_rolling_cache(2, n_sink, window)
+    k_buffer, nbytes = fast.k, fast.nbytes
+    ref = NaiveSinkCache(SMALL16.n_layer, n_sink, window, SMALL16.tokens_per_frame)
+    video = rollout(model, actions, scenes, 2, noise=noise, cache=fast)
+    reference = rollout(model, actions, scenes, 2, noise=noise, cache=ref)
+    assert (video - reference).abs().max() <= 1e-4 and video.abs().max() > 0.1
+    assert fast.k is k_buffer and fast.nbytes == nbytes and fast.length == ref.length == fast.capacity
+    P = SMALL16.tokens_per_frame  # the next chunk sits at the cache's last frame positions, never past them
+    assert fast.next_positions(2 * P).tolist() == [n_sink + window - 2] * P + [n_sink + window - 1] * P
+
+
+def test_rolling_frame_cache_on_every_device(device_dtype):
+    device, dtype = device_dtype
+    model = random_model(SMALL16).to(device, dtype)
+    actions, scenes, noise = (v.to(device) for v in inputs(n_frames=24))
+    video = rollout(model, actions, scenes, 2, noise=noise, cache="rolling", n_sink=2)
+    ref = rollout(model, actions, scenes, 2, noise=noise, cache=NaiveSinkCache(2, 2, 14, SMALL16.tokens_per_frame))
+    assert video.dtype == dtype and video.device.type == device
+    tol = 1e-4 if dtype == torch.float32 else 0.1 * ref.float().abs().max().item()
+    assert (video.float() - ref.float()).abs().max() <= tol
+
+
+def test_rolling_frame_cache_positions_by_hand():
+    """2 sinks + a 4-frame ring (chunk 2, P = 16 tokens a frame) at its 3rd eviction: the sinks sit at
+    frames 0, 1, the kept chunk (frames 8, 9) at 2, 3 and the new chunk, written over the oldest, at 4, 5."""
+    model = random_model(SMALL16)
+    cache, P = model.new_rolling_cache(1, n_sink=2, window=4), SMALL16.tokens_per_frame
+    for _ in range(5):  # frames 0..9 streamed: sinks 0, 1 in slots 0, 1; frames 6, 7 in 2, 3; 8, 9 in 4, 5
+        cache.advance(2 * P)
+    assert cache.next_positions(2 * P).tolist() == [4] * P + [5] * P
+    k = torch.zeros(1, SMALL16.n_head, 2 * P, SMALL16.head_dim)
+    cache.update(0, k, k)  # frames 10, 11 overwrite slots 2, 3 (frames 6, 7)
+    assert cache.key_positions().view(-1, P)[:, 0].tolist() == [0, 1, 4, 5, 2, 3]  # per slot
+    assert torch.equal(cache.key_positions().view(-1, P), cache.key_positions().view(-1, P)[:, :1].expand(-1, P))
+
+
+def test_rolling_cache_equals_the_reference_on_the_shipped_model():
+    model, _ = load_video_model("diffusion_forcing")
+    actions, scenes, noise = inputs(n_videos=1, n_frames=24)
+    cfg = model.config
+    video = rollout(model, actions, scenes, 2, noise=noise, cache="rolling", n_sink=2)  # 2 sinks + 14 frames
+    ref = NaiveSinkCache(cfg.n_layer, 2, 14, cfg.tokens_per_frame)
+    assert (video - rollout(model, actions, scenes, 2, noise=noise, cache=ref)).abs().max() <= 1e-4
 
 
 def test_sample_chunks_yields_chunks_in_order():
@@ -313,6 +369,36 @@ def test_bad_input_raises_clear_errors():
         sample_pyramid(model, actions, scenes, 2, lag=3)
     with pytest.raises(ValueError, match="method must be one of"):
         video_loss("self_forcing", model, noise, actions, scenes)
+
+
+def test_bad_rolling_cache_arguments_raise():
+    model = random_model(SMALL16)  # max_frames 16, chunk 2
+    actions, scenes, _ = inputs(n_frames=20)
+    for kwargs, match in (({"n_sink": -2}, "n_sink must be"), ({"n_sink": 16}, "n_sink must be"),
+                          ({"n_sink": 1}, r"n_sink must be .* multiple of the chunk \(2\)"),
+                          ({"window": 0}, "window must be"),
+                          ({"window": 3}, r"window must be .* multiple of the chunk"),
+                          ({"n_sink": 4, "window": 14}, "n_sink \\+ window = 18 exceeds the capacity of 16")):
+        with pytest.raises(ValueError, match=match):
+            model.new_rolling_cache(2, **kwargs)
+    with pytest.raises(ValueError, match=r"n_sink must be .* multiple of the chunk"):
+        rollout(model, actions, scenes, 2, cache="rolling", n_sink=3)
+    with pytest.raises(ValueError, match="cache must be one of"):
+        rollout(model, actions, scenes, 2, cache="ring")
+    with pytest.raises(ValueError, match="n_sink counts the sink frames of cache='rolling'"):
+        rollout(model, actions, scenes, 2, cache="reencode", n_sink=2)
+    cache = model.new_rolling_cache(2, 2, 4)
+    cache.advance(cache.capacity)
+    with pytest.raises(ValueError, match="feed one chunk"):  # a full ring turns one chunk at a time
+        model(torch.zeros(2, 4, 3, 16, 16), torch.zeros(2, 4), actions[:, :4], scenes, cache=cache)
+
+
+def test_bench_quick_reports_the_issue_figures():
+    table, figures = bench(device="cpu", quick=True, repeats=1)
+    assert "Rolling frame cache" in table
+    assert figures["window"] == 16 and figures["flatness"] > 0 and figures["flatness_growing_cache"] > 0
+    assert figures["speedup"] > 0 and figures["speedup_growing_cache"] > 0
+    assert figures["cache_bytes"][8] == figures["cache_bytes"][16] == figures["cache_bytes_growing"][16]
 
 
 def test_a_rollout_longer_than_a_non_rolling_cache_raises():
