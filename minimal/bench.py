@@ -19,7 +19,7 @@ BENCHMARKS = {
     "speculative": "minimal.speculative_bench:bench",
     "sinks": "minimal.sinks:bench",
     "flows": "minimal.flow_bench:bench",
-    "video": "minimal.diffusion_forcing:bench",
+    "video": "minimal.video_bench:bench",
 }
 
 

@@ -23,6 +23,7 @@ token) and no triggers (a pure bigram stream: the head is never needed).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import time
 from dataclasses import dataclass
@@ -34,6 +35,14 @@ from tqdm.auto import tqdm
 from .sinks import attention_maps, streaming_nll
 from .timing import resolve_device
 from .transformer import GPT, GPTConfig
+
+
+@functools.cache
+def _bigram_table(vocab: int, alpha: float, seed: int) -> torch.Tensor:
+    """Drawn once per (vocab, alpha, seed), not at every training batch."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return torch.distributions.Dirichlet(torch.full((vocab,), alpha)).sample((vocab,))
 
 
 @dataclass(frozen=True)
@@ -58,10 +67,8 @@ class BigramBackcopy:
         return self.vocab
 
     def transitions(self) -> torch.Tensor:
-        """(V, V) row-stochastic bigram table P[a, b] = p(b | a), the same for a given seed."""
-        with torch.random.fork_rng():
-            torch.manual_seed(self.seed)
-            return torch.distributions.Dirichlet(torch.full((self.vocab,), self.alpha)).sample((self.vocab,))
+        """(V, V) row-stochastic bigram table P[a, b] = p(b | a), the same for a given seed (shared: read only)."""
+        return _bigram_table(self.vocab, self.alpha, self.seed)
 
     def sample(self, n: int, length: int, bos: bool = True, generator=None) -> torch.Tensor:
         """(n, length) int64 sequences; with bos, BOS then length - 1 content tokens."""

@@ -10,7 +10,6 @@ from minimal.data import VIDEO_WORLD, SpriteWorld
 from minimal.diffusion_forcing import (
     RECIPES,
     VideoRecipe,
-    bench,
     eval_actions,
     load_video_model,
     rollout,
@@ -24,6 +23,7 @@ from minimal.diffusion_forcing import (
 )
 from minimal.sinks import NaiveSinkCache
 from minimal.toybench import score_video
+from minimal.video_bench import bench
 from minimal.video_model import (
     VideoConfig,
     VideoTransformer,
