@@ -19,6 +19,7 @@ BENCHMARKS = {
     "speculative": "minimal.speculative_bench:bench",
     "sinks": "minimal.sinks:bench",
     "flows": "minimal.flow_bench:bench",
+    "flows-weight": "minimal.flow_bench:bench_weight",
     "video": "minimal.video_bench:bench",
 }
 

@@ -3,7 +3,8 @@
 `python -m minimal.bench flows`: both methods train the same `FlowMLP` for the same number of steps on
 the checkerboard, then sample at NFE in {1, 2, 4, 8, 32} from the same noise. Quality is the sliced
 Wasserstein distance to held-out data; the floor is the distance between two independent data samples
-of the same size (no generator can beat it by more than chance).
+of the same size (no generator can beat it by more than chance). `python -m minimal.bench flows-weight`
+trains the MeanFlow recipe with r = t everywhere (pure flow matching) with and without the adaptive weight.
 
 `python -m minimal.train flow-frames` / `mean-flow-frames`: the same `FrameUNet`, conditioned on the
 scene label, trained on single 16 x 16 SpriteWorld frames with each method; quality is the fraction
@@ -173,6 +174,33 @@ def bench(device=None, quick: bool = False):
                 f"MeanFlow {figures['train_seconds']['mean_flow']:.0f}")
     rows.append(f"MeanFlow 1 NFE / flow matching 32 NFE = {figures['mean_flow_1_over_flow_matching_32']:.2f}; "
                 f"flow matching 1 NFE / 32 NFE = {figures['flow_matching_1_over_32']:.2f}")
+    return "\n".join(rows), figures
+
+
+def bench_weight(device=None, quick: bool = False):
+    """`python -m minimal.bench flows-weight`: MeanFlow's adaptive weight on its own, without any jump.
+
+    MeanFlow's 2-D recipe with every pair at r = t (ratio_neq = 0): the target is exactly flow matching's
+    e - x and the JVP term is multiplied by t - r = 0, so the two runs differ only in the weight power p
+    (0: squared error; 1: the paper's). Both are sampled with Euler steps on u(z, t, t).
+    """
+    device = resolve_device(device)
+    base = replace(RECIPES_2D["mean_flow"], ratio_neq=0.0)
+    base = replace(base, steps=20, batch_size=64) if quick else base
+    n_eval = 512 if quick else 16384
+    figures = {"steps": base.steps, "lr": base.lr, "floor": floor_2d(n_eval), "train_seconds": {}}
+    for p in (0.0, 1.0):
+        net, _, seconds = train("mean_flow", FlowMLP(FlowMLPConfig()), checkerboard, replace(base, p=p), device,
+                                progress=False)
+        figures[f"p={p:g}"] = {str(k): v for k, v in evaluate_2d("flow_matching", net, n_eval).items()}
+        figures["train_seconds"][f"p={p:g}"] = seconds
+    figures["p1_over_p0_at_32"] = figures["p=1"]["32"] / figures["p=0"]["32"]
+    rows = [f"checkerboard, MeanFlow loss with r = t for every pair (pure flow matching), {base.steps} steps, "
+            f"lr {base.lr:g}; sliced Wasserstein of Euler samples (floor {figures['floor']:.4f})",
+            f"{'NFE':>5} | {'p = 0 (squared error)':>22} | {'p = 1 (adaptive weight)':>24}"]
+    rows += [f"{k:>5} | {figures['p=0'][k]:>22.4f} | {figures['p=1'][k]:>24.4f}" for k in map(str, NFES)]
+    took = figures["train_seconds"]
+    rows.append(f"train seconds: p = 0 {took['p=0']:.0f}, p = 1 {took['p=1']:.0f}")
     return "\n".join(rows), figures
 
 

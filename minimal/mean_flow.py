@@ -98,7 +98,22 @@ def mean_flow_loss(net: nn.Module, x: torch.Tensor, y: torch.Tensor | None = Non
         v = cfg_w * v + (1 - cfg_w) * v_null
     u, u_tgt = mean_flow_target(net, z, r, t, v, y)
     delta = ((u - u_tgt) ** 2).flatten(1).sum(1)  # (B,) per-sample squared error
-    return (delta / (delta.detach() + c) ** p).mean()  # adaptive weight Delta / sg((Delta + c)^p)
+    return adaptive_weight_loss(delta, p, c)
+
+
+def adaptive_weight_loss(delta: torch.Tensor, p: float = 1.0, c: float = 1e-3) -> torch.Tensor:
+    """mean of Delta / sg((Delta + c)^p) over per-sample squared errors delta (B,): MeanFlow's weight.
+
+    Its gradient is that of (Delta + c)^(1 - p) / (1 - p) (of log(Delta + c) at p = 1), so it is a robust
+    loss: p = 0 is squared error, minimised by the MEAN of noisy targets; p = 1/2 is about the distance
+    |u - target|, minimised by their median; p = 1 is log-distance, pulled to their densest cluster (mode).
+    Flow matching's theorem needs the mean (v = E[e - x | z]); p > 0 trades that for robustness.
+    """
+    if not p >= 0:
+        raise ValueError(f"p (the adaptive-weight power) must be >= 0, got {p!r}")
+    if not c > 0:
+        raise ValueError(f"c (the adaptive-weight offset) must be > 0, got {c!r}")
+    return (delta / (delta.detach() + c) ** p).mean()
 
 
 @torch.no_grad()

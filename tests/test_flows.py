@@ -22,6 +22,7 @@ from minimal.flow_matching import (
     sliced_wasserstein,
 )
 from minimal.mean_flow import (
+    adaptive_weight_loss,
     gaussian_average_velocity,
     gaussian_velocity,
     mean_flow_loss,
@@ -176,6 +177,29 @@ def test_fm_loss_is_minimised_by_the_marginal_velocity():
     assert exact < worse
 
 
+def _weighted_fit(y: torch.Tensor, p: float) -> float:
+    """The scalar u that full-batch gradient descent on adaptive_weight_loss((u - y)^2, p) settles at."""
+    u = y.mean().clone().requires_grad_(True)  # start at the mean: where squared error stops
+    opt = torch.optim.SGD([u], lr=0.002)
+    for _ in range(4000):
+        opt.zero_grad()
+        adaptive_weight_loss((u - y) ** 2, p).backward()
+        opt.step()
+    return u.item()
+
+
+def test_adaptive_weight_moves_the_fit_from_the_mean_to_the_mode():
+    # noisy targets from two clusters: 70% at +1, 30% at -1 (mean 0.4); flow matching needs the mean
+    g = torch.Generator().manual_seed(0)
+    y = torch.where(torch.rand(4000, generator=g) < 0.7, 1.0, -1.0) + 0.05 * torch.randn(4000, generator=g)
+    assert abs(_weighted_fit(y, 0.0) - y.mean().item()) < 1e-3  # p = 0: squared error, the mean
+    assert abs(_weighted_fit(y, 1.0) - 1.0) < 0.05  # p = 1 (MeanFlow's): the dominant cluster
+    with pytest.raises(ValueError, match="p .* must be >= 0"):
+        adaptive_weight_loss(y, -1.0)
+    with pytest.raises(ValueError, match="c .* must be > 0"):
+        adaptive_weight_loss(y, 1.0, c=0.0)
+
+
 def test_time_sampling():
     g = torch.Generator().manual_seed(0)
     r, t = sample_r_t(10000, ratio_neq=0.25, generator=g)
@@ -253,6 +277,8 @@ def test_bench_and_recipes_run_end_to_end(tmp_path, capsys, one_thread):
     for method in ("flow_matching", "mean_flow"):
         assert set(figures[method]) == {"1", "2", "4", "8", "32"} and figures["train_seconds"][method] > 0
     assert figures["floor"] > 0 and figures["mean_flow_1_over_flow_matching_32"] > 0
+    weight = bench.main(["flows-weight", "--quick", "--device", "cpu"])
+    assert set(weight["p=0"]) == set(weight["p=1"]) == {"1", "2", "4", "8", "32"} and weight["p1_over_p0_at_32"] > 0
     result = train.main(["flow-2d", "--steps", "2", "--out", str(tmp_path / "f.pt"), "--device", "cpu"])
     net, meta = load_checkpoint(tmp_path / "f.pt", FlowMLP, FlowMLPConfig)
     assert meta["recipe"]["steps"] == 2 and set(result["sliced_wasserstein"]) == {"1", "2", "4", "8", "32"}
