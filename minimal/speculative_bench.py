@@ -11,7 +11,8 @@ pass 128 tokens, the cache is refilled with the last 64): same conditionals, sam
 Figures: speedup = median wall time of target-only sampling / median of speculative sampling (runs
 interleaved); alpha = mean of sum_y min(p, q) over judged positions; tokens per target call measured
 and predicted (1 - alpha^(gamma + 1)) / (1 - alpha); c = draft time per drafted token / target-only
-time per token; speedup_predicted = (1 - alpha^(gamma + 1)) / ((1 - alpha)(gamma c + 1)).
+time per token; speedup_predicted = (1 - alpha^(gamma + 1)) / ((1 - alpha)(gamma c + 1)). The gamma sweep
+repeats the n-gram run for gamma = 1..6 with the measured cost v of verifying gamma + 1 tokens beside it.
 """
 
 from __future__ import annotations
@@ -129,6 +130,35 @@ def _grouped(result: dict, quick: bool, repeats: int) -> list[str]:
     return rows
 
 
+def _gamma_sweep(target, ngram, prompt, n_new: int, repeats: int, device, gammas) -> tuple[list[str], dict]:
+    """The n-gram draft at every gamma, interleaved with target-only runs: the fastest gamma, and at each
+    gamma how far the measured speedup is from the prediction that assumes verification costs one step."""
+    gen = lambda seed: torch.Generator(device=device).manual_seed(seed)  # noqa: E731
+    runs = {0: lambda g: autoregressive_generate(target, prompt, n_new, 1.0, g),
+            **{k: (lambda g, k=k: speculative_generate(target, ngram, prompt, n_new, k, 1.0, g)[1]) for k in gammas}}
+    times, stats = {k: [] for k in runs}, {k: [] for k in gammas}
+    for r in range(repeats + 1):  # the first round is a warm-up
+        for k, fn in runs.items():
+            seconds, out = _run(lambda fn=fn, r=r: fn(gen(r)), device)
+            if r:
+                times[k].append(seconds)
+                if k:
+                    stats[k].append(out)
+    context = torch.cat([prompt, speculative_generate(target, ngram, prompt, 48, 4, 1.0, gen(0))[0]])
+    base, sweep = percentile(times[0], 50), {}
+    rows = [f"{'gamma sweep, n-gram draft':>26} | speedup | alpha | verify cost v (target steps) | prediction"]
+    for k in gammas:
+        costs = _step_costs(target, {"": ngram}, context, k, device)
+        alpha = sum(s.beta_sum for s in stats[k]) / sum(s.beta_count for s in stats[k])
+        c, v = costs[""] / costs["step"], costs["verify"] / costs["step"]
+        speedup, predicted = base / percentile(times[k], 50), expected_tokens(alpha, k) / (k * c + 1)
+        sweep[str(k)] = {"speedup": speedup, "alpha": alpha, "verify_cost_ratio": v, "speedup_predicted": predicted,
+                         "speedup_predicted_with_verify_cost": expected_tokens(alpha, k) / (k * c + v)}
+        rows.append(f"{'n-gram, gamma = ' + str(k):>26} | {speedup:>6.2f}x | {alpha:>5.3f} | v = {v:.2f} | "
+                    f"predicted {predicted:.2f}x (v = 1), measured / predicted {speedup / predicted:.2f}")
+    return rows, sweep
+
+
 def bench(device=None, quick: bool = False, repeats: int = 7, gamma: int = 4) -> tuple[str, dict]:
     """On the CPU the run uses one intra-op thread (restored afterwards): these models are so small that
     a second thread only adds synchronisation, and on a shared 2-core machine it makes timings erratic."""
@@ -192,6 +222,9 @@ def _bench(device, quick: bool, repeats: int, gamma: int) -> tuple[str, dict]:
                     f"{alpha:>5.3f} {tpc:>8.2f} {tpc_pred:>5.2f} | {c:>6.3f} {predicted:>9.2f}x {predicted_v:>7.2f}x")
     title = (f"Speculative decoding, text-gpt target, gamma = {gamma}, {n_new} new tokens at temperature 1, "
              f"{device}, median of {repeats} interleaved runs")
+    sweep_rows, result["gamma_sweep"] = _gamma_sweep(target, ngram, prompt, n_new, repeats, device,
+                                                     (1, 2) if quick else (1, 2, 3, 4, 5, 6))
+    rows += sweep_rows
     rows.append(_continuous(result, quick, repeats, device))
     rows += _grouped(result, quick, 3)
     note = (f"target step {costs['step'] * 1e3:.3f} ms, verification of {gamma + 1} tokens "

@@ -201,5 +201,7 @@ def test_bench_and_train_commands_run(tmp_path, capsys):
     figures = bench.main(["speculative", "--quick", "--json", "--device", "cpu"])
     assert figures["speedup"] > 0 and 0 <= figures["alpha"] <= 1
     assert figures["tokens_per_call"] >= 1
+    assert set(figures["gamma_sweep"]) == {"1", "2"} and all(g["verify_cost_ratio"] > 0
+                                                             for g in figures["gamma_sweep"].values())
     result = train.main(["text-draft", "--steps", "3", "--out", str(tmp_path / "d.pt"), "--device", "cpu"])
     assert (tmp_path / "d.pt").is_file() and result["val_bpc"] > 0
