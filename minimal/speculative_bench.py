@@ -130,9 +130,11 @@ def _grouped(result: dict, quick: bool, repeats: int) -> list[str]:
     return rows
 
 
-def _gamma_sweep(target, ngram, prompt, n_new: int, repeats: int, device, gammas) -> tuple[list[str], dict]:
+def _gamma_sweep(target, ngram, prompt, context, n_new: int, repeats: int, device,
+                 gammas) -> tuple[list[str], dict]:
     """The n-gram draft at every gamma, interleaved with target-only runs: the fastest gamma, and at each
-    gamma how far the measured speedup is from the prediction that assumes verification costs one step."""
+    gamma how far the measured speedup is from the prediction that assumes verification costs one step.
+    context: the tokens the step costs are measured on."""
     gen = lambda seed: torch.Generator(device=device).manual_seed(seed)  # noqa: E731
     runs = {0: lambda g: autoregressive_generate(target, prompt, n_new, 1.0, g),
             **{k: (lambda g, k=k: speculative_generate(target, ngram, prompt, n_new, k, 1.0, g)[1]) for k in gammas}}
@@ -144,7 +146,6 @@ def _gamma_sweep(target, ngram, prompt, n_new: int, repeats: int, device, gammas
                 times[k].append(seconds)
                 if k:
                     stats[k].append(out)
-    context = torch.cat([prompt, speculative_generate(target, ngram, prompt, 48, 4, 1.0, gen(0))[0]])
     base, sweep = percentile(times[0], 50), {}
     rows = [f"{'gamma sweep, n-gram draft':>26} | speedup | alpha | verify cost v (target steps) | prediction"]
     for k in gammas:
@@ -222,7 +223,7 @@ def _bench(device, quick: bool, repeats: int, gamma: int) -> tuple[str, dict]:
                     f"{alpha:>5.3f} {tpc:>8.2f} {tpc_pred:>5.2f} | {c:>6.3f} {predicted:>9.2f}x {predicted_v:>7.2f}x")
     title = (f"Speculative decoding, text-gpt target, gamma = {gamma}, {n_new} new tokens at temperature 1, "
              f"{device}, median of {repeats} interleaved runs")
-    sweep_rows, result["gamma_sweep"] = _gamma_sweep(target, ngram, prompt, n_new, repeats, device,
+    sweep_rows, result["gamma_sweep"] = _gamma_sweep(target, ngram, prompt, context, n_new, repeats, device,
                                                      (1, 2) if quick else (1, 2, 3, 4, 5, 6))
     rows += sweep_rows
     rows.append(_continuous(result, quick, repeats, device))
