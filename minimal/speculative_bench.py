@@ -12,7 +12,8 @@ Figures: speedup = median wall time of target-only sampling / median of speculat
 interleaved); alpha = mean of sum_y min(p, q) over judged positions; tokens per target call measured
 and predicted (1 - alpha^(gamma + 1)) / (1 - alpha); c = draft time per drafted token / target-only
 time per token; speedup_predicted = (1 - alpha^(gamma + 1)) / ((1 - alpha)(gamma c + 1)). The gamma sweep
-repeats the n-gram run for gamma = 1..6 with the measured cost v of verifying gamma + 1 tokens beside it.
+adds n-gram runs at gamma = 1..6 to the same interleaved runs, each with its measured cost v of verifying
+gamma + 1 tokens.
 """
 
 from __future__ import annotations
@@ -130,29 +131,23 @@ def _grouped(result: dict, quick: bool, repeats: int) -> list[str]:
     return rows
 
 
-def _gamma_sweep(target, ngram, prompt, context, n_new: int, repeats: int, device,
-                 gammas) -> tuple[list[str], dict]:
-    """The n-gram draft at every gamma, interleaved with target-only runs: the fastest gamma, and at each
-    gamma how far the measured speedup is from the prediction that assumes verification costs one step.
-    context: the tokens the step costs are measured on."""
-    gen = lambda seed: torch.Generator(device=device).manual_seed(seed)  # noqa: E731
-    runs = {0: lambda g: autoregressive_generate(target, prompt, n_new, 1.0, g),
-            **{k: (lambda g, k=k: speculative_generate(target, ngram, prompt, n_new, k, 1.0, g)[1]) for k in gammas}}
-    times, stats = {k: [] for k in runs}, {k: [] for k in gammas}
-    for r in range(repeats + 1):  # the first round is a warm-up
-        for k, fn in runs.items():
-            seconds, out = _run(lambda fn=fn, r=r: fn(gen(r)), device)
-            if r:
-                times[k].append(seconds)
-                if k:
-                    stats[k].append(out)
-    base, sweep = percentile(times[0], 50), {}
+def _alpha(sts) -> float:
+    """alpha = mean of sum_y min(p, q) over the positions the target judged, across runs' stats."""
+    return sum(s.beta_sum for s in sts) / sum(s.beta_count for s in sts)
+
+
+def _gamma_sweep(target, ngram, context, base: float, times: dict, stats: dict, names: dict,
+                 device) -> tuple[list[str], dict]:
+    """The n-gram draft at every gamma (names: gamma -> its sampler in the interleaved runs): the fastest
+    gamma, and at each how far the measured speedup is from the prediction that assumes verification
+    costs one step. base: the median target-only time; context: the tokens step costs are measured on."""
+    sweep = {}
     rows = [f"{'gamma sweep, n-gram draft':>26} | speedup | alpha | verify cost v (target steps) | prediction"]
-    for k in gammas:
+    for k, name in names.items():
         costs = _step_costs(target, {"": ngram}, context, k, device)
-        alpha = sum(s.beta_sum for s in stats[k]) / sum(s.beta_count for s in stats[k])
+        alpha = _alpha(stats[name])
         c, v = costs[""] / costs["step"], costs["verify"] / costs["step"]
-        speedup, predicted = base / percentile(times[k], 50), expected_tokens(alpha, k) / (k * c + 1)
+        speedup, predicted = base / percentile(times[name], 50), expected_tokens(alpha, k) / (k * c + 1)
         sweep[str(k)] = {"speedup": speedup, "alpha": alpha, "verify_cost_ratio": v, "speedup_predicted": predicted,
                          "speedup_predicted_with_verify_cost": expected_tokens(alpha, k) / (k * c + v)}
         rows.append(f"{'n-gram, gamma = ' + str(k):>26} | {speedup:>6.2f}x | {alpha:>5.3f} | v = {v:.2f} | "
@@ -181,10 +176,14 @@ def _bench(device, quick: bool, repeats: int, gamma: int) -> tuple[str, dict]:
     order, n_new, repeats = (3, 32, 1) if quick else (6, 256, repeats)
     ngram = NGramDraft(tok.encode(text_corpus("train")), tok.vocab_size, order=order).to(device)
     prompt = tok.encode(text_corpus("val")[:16]).to(device)
+    ngram_name, gpt_name = f"n-gram draft (order {order})", "GPT draft (text-draft)"
+    sweep = {k: ngram_name if k == gamma else f"n-gram, gamma = {k}" for k in ((1, 2) if quick else range(1, 7))}
     samplers = {
         "target only": lambda g: (autoregressive_generate(target, prompt, n_new, 1.0, g), None),
-        f"n-gram draft (order {order})": lambda g: speculative_generate(target, ngram, prompt, n_new, gamma, 1.0, g),
-        "GPT draft (text-draft)": lambda g: speculative_generate(target, draft_gpt, prompt, n_new, gamma, 1.0, g),
+        ngram_name: lambda g: speculative_generate(target, ngram, prompt, n_new, gamma, 1.0, g),
+        gpt_name: lambda g: speculative_generate(target, draft_gpt, prompt, n_new, gamma, 1.0, g),
+        **{name: (lambda g, k=k: speculative_generate(target, ngram, prompt, n_new, k, 1.0, g))
+           for k, name in sweep.items() if k != gamma},  # the gamma sweep, in the same interleaved runs
     }
     gen = lambda seed: torch.Generator(device=device).manual_seed(seed)  # noqa: E731
     for fn in samplers.values():  # warm-up
@@ -206,9 +205,9 @@ def _bench(device, quick: bool, repeats: int, gamma: int) -> tuple[str, dict]:
     header = f"{'sampler':>26} | {'ms/token':>8} {'speedup':>7} | {'alpha':>5} {'tok/call':>8} {'pred':>5} | " \
              f"{'c':>6} {'pred (v=1)':>10} {'pred (v)':>8}"
     rows.append(f"{'target only':>26} | {base / n_new * 1e3:>8.3f} {1.0:>6.2f}x |")
-    for name, key in ((list(samplers)[1], ""), (list(samplers)[2], "gpt_")):
+    for name, key in ((ngram_name, ""), (gpt_name, "gpt_")):
         sts = stats[name]
-        alpha = sum(s.beta_sum for s in sts) / sum(s.beta_count for s in sts)
+        alpha = _alpha(sts)
         calls = sum(s.target_calls for s in sts)
         tpc = sum(s.emitted for s in sts) / calls
         tpc_pred = sum(s.tokens_per_call_predicted * s.target_calls for s in sts) / calls
@@ -223,8 +222,7 @@ def _bench(device, quick: bool, repeats: int, gamma: int) -> tuple[str, dict]:
                     f"{alpha:>5.3f} {tpc:>8.2f} {tpc_pred:>5.2f} | {c:>6.3f} {predicted:>9.2f}x {predicted_v:>7.2f}x")
     title = (f"Speculative decoding, text-gpt target, gamma = {gamma}, {n_new} new tokens at temperature 1, "
              f"{device}, median of {repeats} interleaved runs")
-    sweep_rows, result["gamma_sweep"] = _gamma_sweep(target, ngram, prompt, context, n_new, repeats, device,
-                                                     (1, 2) if quick else (1, 2, 3, 4, 5, 6))
+    sweep_rows, result["gamma_sweep"] = _gamma_sweep(target, ngram, context, base, times, stats, sweep, device)
     rows += sweep_rows
     rows.append(_continuous(result, quick, repeats, device))
     rows += _grouped(result, quick, 3)
