@@ -20,6 +20,7 @@ RECIPES = {
     "mean-flow-2d": "minimal.flow_bench:train_mean_flow_2d",
     "flow-frames": "minimal.flow_bench:train_flow_frames",
     "mean-flow-frames": "minimal.flow_bench:train_mean_flow_frames",
+    "frame-ae": "minimal.autoencoder:train_autoencoder",
     "video-tf": "minimal.diffusion_forcing:train_teacher_forcing",
     "video-df": "minimal.diffusion_forcing:train_diffusion_forcing",
 }

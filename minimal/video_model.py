@@ -1,6 +1,8 @@
 """A causal video transformer: SpriteWorld frames generated chunk by chunk, with a frame-level KV cache.
 
-Tokens. A frame (3, H, W) is cut into P = (H / p)^2 patches of p x p pixels; each patch is one token.
+Tokens. A frame (C, H, W) is cut into P = (H / p)^2 patches of p x p positions; each patch is one token.
+A frame is RGB pixels (C = 3) or, as the shipped models use it, a frame autoencoder's latent
+(autoencoder.py: C = 8, H = W = 4, so P = 4 tokens of patch 2 per frame instead of 16 pixel patches).
 Frames are grouped into chunks of c frames, the unit the model generates at once. With F frames the
 sequence has L = F P tokens, frame-major: token i belongs to frame i // P and chunk i // (c P).
 
@@ -12,7 +14,9 @@ earlier chunks, never a later chunk:
 so a finished chunk's keys and values never change again and can be cached.
 
 Positions. RoPE over time (the frame index, shared by the P tokens of a frame) in every attention
-layer, plus a learned embedding of the patch's spatial position added to the token.
+layer, plus a learned embedding of the patch's spatial position added to the token. It starts at the
+scale of the patch embeddings (std 1), not at 0.02: a noisy token must find its own place in the
+previous frame from the first step, and a tiny position vector drowned in the noise's embedding.
 
 Conditioning (DiT's adaLN-Zero), per frame: the flow time t_f in [0, 1] of that frame (0 = clean data,
 1 = noise; flow_matching.py's convention), the action that moved the player into the frame and the scene
@@ -62,8 +66,9 @@ T_MIN = 0.05  # v = (z - x_hat) / max(t, T_MIN): JiT's clip near the data end
 
 @dataclass
 class VideoConfig:
-    size: int = VIDEO_WORLD.size  # frame height = width, pixels
-    patch: int = 4  # patch side p, pixels
+    size: int = VIDEO_WORLD.size  # frame height = width: pixels, or latent positions
+    channels: int = 3  # 3 for RGB pixels, the autoencoder's c for latents
+    patch: int = 4  # patch side p, positions
     chunk: int = 2  # frames per chunk c
     max_frames: int = 16  # frames attended at once: the training length and the cache's capacity
     n_layer: int = 4
@@ -85,6 +90,10 @@ class VideoConfig:
             raise ValueError(f"chunk ({self.chunk}) must divide max_frames ({self.max_frames})")
         if self.n_embd % self.n_head or (self.n_embd // self.n_head) % 2:
             raise ValueError(f"n_embd ({self.n_embd}) / n_head ({self.n_head}) must be an even integer")
+
+    @property
+    def frame_shape(self) -> tuple[int, int, int]:
+        return (self.channels, self.size, self.size)
 
     @property
     def tokens_per_frame(self) -> int:
@@ -135,35 +144,36 @@ def chunk_mask(n_frames: int, chunk: int, tokens_per_frame: int, device=None):
 
 
 def patchify(x: torch.Tensor, p: int) -> torch.Tensor:
-    """(B, F, 3, H, W) -> (B, F * P, 3 p p), frame-major, patches in raster order."""
+    """(B, F, C, H, W) -> (B, F * P, C p p), frame-major, patches in raster order."""
     B, Fr, C, H, W = x.shape
     x = x.reshape(B, Fr, C, H // p, p, W // p, p).permute(0, 1, 3, 5, 2, 4, 6)  # (B, F, H/p, W/p, C, p, p)
     return x.reshape(B, Fr * (H // p) * (W // p), C * p * p)
 
 
 def unpatchify(tokens: torch.Tensor, n_frames: int, size: int, p: int) -> torch.Tensor:
-    """(B, F * P, 3 p p) -> (B, F, 3, H, W); the inverse of patchify."""
+    """(B, F * P, C p p) -> (B, F, C, H, W); the inverse of patchify."""
     B, g = tokens.shape[0], size // p
-    x = tokens.reshape(B, n_frames, g, g, 3, p, p).permute(0, 1, 4, 2, 5, 3, 6)  # (B, F, 3, H/p, p, W/p, p)
-    return x.reshape(B, n_frames, 3, size, size)
+    C = tokens.shape[-1] // (p * p)
+    x = tokens.reshape(B, n_frames, g, g, C, p, p).permute(0, 1, 4, 2, 5, 3, 6)  # (B, F, C, H/p, p, W/p, p)
+    return x.reshape(B, n_frames, C, size, size)
 
 
 class VideoTransformer(nn.Module):
-    """forward(z (B, F, 3, H, W), t (B, F), actions (B, F), scene (B,), ...) -> velocity (B, F, 3, H, W)."""
+    """forward(z (B, F, C, H, W), t (B, F), actions (B, F), scene (B,), ...) -> velocity (B, F, C, H, W)."""
 
     def __init__(self, config: VideoConfig | None = None):
         super().__init__()
         self.config = cfg = config if config is not None else VideoConfig()
         C = cfg.n_embd
-        self.patch_in = nn.Linear(3 * cfg.patch ** 2, C)
-        self.spatial = nn.Parameter(torch.randn(cfg.tokens_per_frame, C) * 0.02)  # (P, C)
+        self.patch_in = nn.Linear(cfg.channels * cfg.patch ** 2, C)
+        self.spatial = nn.Parameter(torch.randn(cfg.tokens_per_frame, C))  # (P, C), std 1: see the docstring
         self.time_mlp = nn.Sequential(nn.Linear(C, C), nn.SiLU(), nn.Linear(C, C))
         self.action_emb = nn.Embedding(cfg.n_actions, C)
         self.scene_emb = nn.Embedding(cfg.n_scenes, C)
         self.blocks = nn.ModuleList(Block(cfg, i, cond_dim=C) for i in range(cfg.n_layer))
         self.ln_f = nn.LayerNorm(C, elementwise_affine=False)
         self.ada_f = nn.Linear(C, 2 * C)  # final adaLN: shift, scale
-        self.patch_out = nn.Linear(C, 3 * cfg.patch ** 2)
+        self.patch_out = nn.Linear(C, cfg.channels * cfg.patch ** 2)
         for layer in (self.ada_f, self.patch_out):  # adaLN-Zero: the untrained network predicts v = 0
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
@@ -173,9 +183,9 @@ class VideoTransformer(nn.Module):
 
     def check_inputs(self, z, t, actions, scene) -> None:
         cfg = self.config
-        if not isinstance(z, torch.Tensor) or z.ndim != 5 or z.shape[2:] != (3, cfg.size, cfg.size):
+        if not isinstance(z, torch.Tensor) or z.ndim != 5 or z.shape[2:] != cfg.frame_shape:
             shape = tuple(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__
-            raise ValueError(f"frames must be (B, F, 3, {cfg.size}, {cfg.size}), got {shape}")
+            raise ValueError(f"frames must be (B, F, {', '.join(map(str, cfg.frame_shape))}), got {shape}")
         B, Fr = z.shape[:2]
         if t.shape != (B, Fr):
             raise ValueError(f"t must be (B, F) = ({B}, {Fr}), one time per frame, got {tuple(t.shape)}")

@@ -6,8 +6,10 @@ import pytest
 import torch
 from torch.nn.attention.flex_attention import flex_attention
 
+from minimal.autoencoder import load_autoencoder
 from minimal.data import VIDEO_WORLD, SpriteWorld
 from minimal.diffusion_forcing import (
+    CONFIG,
     RECIPES,
     VideoRecipe,
     eval_actions,
@@ -25,6 +27,7 @@ from minimal.sinks import NaiveSinkCache
 from minimal.toybench import score_video
 from minimal.video_bench import bench
 from minimal.video_model import (
+    T_MIN,
     VideoConfig,
     VideoTransformer,
     block_causal_mask,
@@ -47,11 +50,11 @@ def random_model(config=SMALL, seed=0) -> VideoTransformer:
     return model
 
 
-def inputs(n_videos=2, n_frames=8, seed=0):
+def inputs(n_videos=2, n_frames=8, seed=0, frame_shape=(3, 16, 16)):
     g = torch.Generator().manual_seed(seed)
     actions = torch.randint(0, 5, (n_videos, n_frames), generator=g)
     scenes = torch.randint(0, 4, (n_videos,), generator=g)
-    noise = torch.randn(n_videos, n_frames, 3, 16, 16, generator=g)
+    noise = torch.randn(n_videos, n_frames, *frame_shape, generator=g)
     return actions, scenes, noise
 
 
@@ -136,10 +139,25 @@ def test_cached_sampling_on_every_device(device_dtype):
 
 def test_cache_equals_recompute_for_the_shipped_model():
     model, _ = load_video_model("diffusion_forcing")
-    actions, scenes, noise = inputs(n_videos=1, n_frames=16)
+    actions, scenes, noise = inputs(n_videos=1, n_frames=16, frame_shape=CONFIG.frame_shape)
     cached = sample_video(model, actions, scenes, 4, noise=noise)
     uncached = sample_video(model, actions, scenes, 4, noise=noise, use_cache=False)
     assert (cached - uncached).abs().max() <= 1e-4
+
+
+def test_continuing_given_start_frames():
+    """A video may begin with given clean frames: they are returned unchanged and are the context of the
+    rest, cached or recomputed alike, exactly as if the model had generated them."""
+    model = random_model()
+    actions, scenes, noise = inputs()
+    start = torch.rand(2, 4, 3, 16, 16)
+    cached = sample_video(model, actions, scenes, 2, noise=noise, start=start)
+    uncached = sample_video(model, actions, scenes, 2, noise=noise, use_cache=False, start=start)
+    assert torch.equal(cached[:, :4], start) and (cached - uncached).abs().max() <= 1e-4
+    # the same as generating with a "model" whose first two chunks happen to be the start frames
+    generated = sample_video(model, actions, scenes, 2, noise=noise)
+    again = sample_video(model, actions, scenes, 2, noise=noise, start=generated[:, :4])
+    assert (again - generated).abs().max() <= 1e-5
 
 
 def test_uncached_reference_by_hand():
@@ -251,7 +269,7 @@ def test_rolling_frame_cache_positions_by_hand():
 
 def test_rolling_cache_equals_the_reference_on_the_shipped_model():
     model, _ = load_video_model("diffusion_forcing")
-    actions, scenes, noise = inputs(n_videos=1, n_frames=24)
+    actions, scenes, noise = inputs(n_videos=1, n_frames=24, frame_shape=CONFIG.frame_shape)
     cfg = model.config
     video = rollout(model, actions, scenes, 2, noise=noise, cache="rolling", n_sink=2)  # 2 sinks + 14 frames
     ref = NaiveSinkCache(cfg.n_layer, 2, 14, cfg.tokens_per_frame)
@@ -287,6 +305,32 @@ def test_training_lowers_the_loss(method):
     assert not model.training
 
 
+def test_the_weighted_loss_is_the_x_prediction_loss():
+    """max(t, T_MIN)^2 |v - (e - x)|^2 with v = (z - x_hat) / max(t, T_MIN) is |x_hat - x|^2 for t >= T_MIN."""
+    model, c, P = random_model(), SMALL.chunk, SMALL.tokens_per_frame
+    actions, scenes, _ = inputs()
+    x = torch.rand(2, 8, 3, 16, 16)
+    loss = video_loss("diffusion_forcing", model, x, actions, scenes, torch.Generator().manual_seed(3))
+    g = torch.Generator().manual_seed(3)  # the same draws, by hand
+    t = torch.rand(2, 4, generator=g).repeat_interleave(c, 1)
+    e = torch.randn(x.shape, generator=g)
+    tt = t[..., None, None, None]
+    z = (1 - tt) * x + tt * e
+    v = model(z, t, actions, scenes, mask=block_causal_mask(8, c, P))
+    x_hat = z - tt.clamp(min=T_MIN) * v
+    per_pixel = torch.where(tt >= T_MIN, (x_hat - x) ** 2, (T_MIN * (v - (e - x))) ** 2)
+    assert torch.allclose(loss, per_pixel.mean(), rtol=1e-5)
+
+
+def test_training_on_latents_lowers_the_loss():
+    ae, _ = load_autoencoder()
+    config = VideoConfig(size=4, channels=8, patch=2, n_layer=2, n_head=2, n_embd=32, max_frames=4)
+    recipe = VideoRecipe(steps=60, batch_size=8, lr=3e-3)
+    model, losses, _ = train("diffusion_forcing", VideoTransformer(config), recipe, "cpu", False, autoencoder=ae)
+    assert sum(losses[-10:]) < 0.8 * sum(losses[:10]), (losses[:10], losses[-10:])
+    assert not any(p.requires_grad for p in ae.parameters())  # the autoencoder stays frozen
+
+
 def test_teacher_forcing_sequence_is_what_the_sampler_sees():
     """In the doubled [clean | noisy] sequence, noisy chunk k gets the same velocity as at inference:
     the model run on [clean chunks < k | noisy chunk k] under the block-causal mask."""
@@ -309,27 +353,30 @@ def test_teacher_forcing_sequence_is_what_the_sampler_sees():
 @pytest.mark.parametrize("method", ["teacher_forcing", "diffusion_forcing"])
 def test_shipped_models_load_with_their_recipe(method):
     model, meta = load_video_model(method)
-    assert meta["method"] == method
+    assert meta["method"] == method and model.config == CONFIG and meta["autoencoder"] == "frame-ae"
     assert meta["recipe"]["steps"] == RECIPES[method].steps
     assert meta["train_seconds"] <= 3600  # the issue's CPU budget
     assert set(meta["toybench_16"]) >= {"validity", "count", "action"}
 
 
 def test_what_the_shipped_models_learned():
-    """Fresh samples at the training length (16 frames). The issue's goal, 0.85 on validity, count and
-    action following for the better model, is NOT reached (README, figures); this pins what they do learn:
-    diffusion forcing draws the scene and steers the player (a player that never moves scores ~0.2 on
-    action following), teacher forcing at equal compute only the scene."""
+    """Fresh decoded samples at the training length (16 frames), from scratch. The issue's goal, 0.85 on
+    validity, count and action following for the better model, is NOT reached (README, figures); this
+    pins what they do learn: the scene always, the player steered by the actions, whole sprites in a
+    good share of frames (a player that never moves scores ~0.2 on action following; the pixel models
+    shipped before made 0.10 valid frames), diffusion forcing ahead of teacher forcing at equal compute."""
+    ae, _ = load_autoencoder()
     actions, scenes = eval_actions(16, 16, seed=5)
     scores = {}
     for method in ("teacher_forcing", "diffusion_forcing"):
         model, _ = load_video_model(method)
-        video = sample_video(model, actions, scenes, 8, generator=torch.Generator().manual_seed(5))
-        scores[method] = score_video(video.clamp(0, 1), scenes, actions)
+        z = sample_video(model, actions, scenes, 8, generator=torch.Generator().manual_seed(5))
+        scores[method] = score_video(ae.decode_video(z), scenes, actions)
     df, tf = scores["diffusion_forcing"], scores["teacher_forcing"]
     assert min(df["background"], df["scene"], tf["background"], tf["scene"]) >= 0.95, scores
-    assert df["action"] > 0.3 and df["validity"] > 0.05 and df["count"] > 0.05, scores
-    assert df["validity"] > tf["validity"] and df["action"] > tf["action"], scores
+    assert df["validity"] > 0.4 and df["count"] > 0.4 and df["action"] > 0.6, scores
+    assert tf["validity"] > 0.15 and tf["action"] > 0.5, scores
+    assert df["validity"] > tf["validity"], scores
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -369,6 +416,11 @@ def test_bad_input_raises_clear_errors():
         sample_pyramid(model, actions, scenes, 2, lag=3)
     with pytest.raises(ValueError, match="method must be one of"):
         video_loss("self_forcing", model, noise, actions, scenes)
+    with pytest.raises(ValueError, match=r"start must be \(B, F0, C, H, W\) = \(2, F0, 3, 16, 16\)"):
+        sample_video(model, actions, scenes, 2, start=noise[:1, :2])
+    for n in (0, 3, 8):
+        with pytest.raises(ValueError, match="start must hold a positive multiple of the chunk size"):
+            sample_video(model, actions, scenes, 2, start=noise[:, :n])
 
 
 def test_bad_rolling_cache_arguments_raise():
