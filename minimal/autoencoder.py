@@ -3,7 +3,8 @@
     encode:  x (3, H, W) in [0, 1]  ->  z = (tanh(E(2x - 1)) - mu) / sigma   (c, H / 4, W / 4)
     decode:  z  ->  x_hat = (D(sigma z + mu) + 1) / 2                        (3, H, W)
 
-E is two stride-2 convolutions (a 4 x 4 cell of pixels per latent position), D two transposed ones.
+E is a 3 x 3 convolution, two stride-2 convolutions (a 4 x 4 cell of pixels per latent position) and a
+1 x 1 projection to c channels; D mirrors it with two transposed convolutions.
 tanh bounds the raw latent in (-1, 1); mu and sigma (per channel, measured on training frames after
 training) standardise it, so flow matching's unit Gaussian noise is on the latents' own scale.
 
@@ -14,8 +15,8 @@ Trained on noisy reconstruction, with n ~ N(0, I) and e = (D(tanh(E(x)) + s n) -
 The noise teaches the decoder that every latent near a frame's code means that frame, so a generated
 latent that lands a little off the codes still decodes to flat palette colours and whole squares, not
 to a blur (Stable Diffusion's decoders get the same robustness from their KL term). The worst-pixel
-term is for the sprites: a 2-pixel sprite is 1% of a frame, and the plain mean left a wrong sprite
-pixel in 21% of frames (78% reconstructed exactly after 3000 steps, against 99.8% with the term after
+term is for the sprites: a 4 x 4 sprite is 6% of a frame, and the plain mean left wrong sprite pixels
+in 21% of frames (78% reconstructed exactly after 3000 steps, against 99.8% with the term after
 6000). A generator working here only has to find the right neighbourhood; the decoder draws the pixels.
 
 The video models (diffusion_forcing.py) see clips through encode_video / decode_video, which fold the
