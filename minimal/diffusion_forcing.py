@@ -9,7 +9,7 @@ Since the model returns v = (z - x_hat) / max(t, T_MIN) (video_model.py), for t 
 error is exactly x_hat - x: the x-prediction loss. The plain v-loss weighs an error in x_hat by 1 / t^2,
 so it spends the network on nearly clean chunks; the x-loss weighs every noise level alike, and the
 hard ones, where the model must invent the next frame, get their share. (On pixels, 1500 steps: action
-following 0.33 with the x-loss, 0.07 without; see the recipes below for the shipped figures.)
+following 0.33 with the x-loss, 0.07 without; video_recipes.py has the shipped figures.)
 
 The frames x are the frame autoencoder's latents (autoencoder.py): `train(..., autoencoder=ae)` encodes
 every clip, and a sample is decoded with `ae.decode_video` before anyone looks at it.
@@ -41,21 +41,19 @@ Samplers:
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
-from .autoencoder import FrameAutoencoder, load_autoencoder
-from .checkpoints import load_pretrained, save_checkpoint
-from .data import ACTIONS, VIDEO_WORLD, SpriteWorld
+from .autoencoder import FrameAutoencoder
+from .data import VIDEO_WORLD, SpriteWorld
 from .flow_matching import check_nfe, interpolate
 from .kv_cache import KVCache
 from .timing import resolve_device
 from .video_model import (
     T_MIN,
-    VideoConfig,
     VideoTransformer,
     block_causal_mask,
     check_chunked,
@@ -344,71 +342,3 @@ def sample_pyramid(model: VideoTransformer, actions: torch.Tensor, scene, steps:
         dt = (ts[s[:active]] - ts[(s[:active] + 1).clamp(max=steps)]).repeat_interleave(c)  # (n,) 0 when done
         z[:, :n] = z[:, :n] - dt.view(1, n, 1, 1, 1) * v
     return z
-
-
-# ---------------------------------------------------------------------------------------------------
-# Recipes: the shipped teacher-forcing and diffusion-forcing models
-# ---------------------------------------------------------------------------------------------------
-
-# The shipped models work on frame-ae's latents (8, 4, 4): patch 2 gives P = 4 tokens per frame, a
-# 64-token 16-frame clip, against 256 tokens for 16 x 16 pixels at patch 4. toybench at 16 frames from
-# scratch (`evaluate`): diffusion forcing 0.58 valid frames, action following 0.76; teacher forcing 0.34,
-# 0.73. The same transformer on pixels, same budget: 0.10 and 0.45 (diffusion forcing).
-CONFIG = VideoConfig(size=4, channels=8, patch=2)
-# Equal compute, under an hour each on one CPU thread: a teacher-forcing step runs the doubled
-# [clean | noisy] sequence and costs about 1.5x a diffusion-forcing step (latents: 2.3 against 1.5 steps/s).
-RECIPES = {"teacher_forcing": VideoRecipe(steps=4800), "diffusion_forcing": VideoRecipe(steps=7000)}
-CHECKPOINTS = {"teacher_forcing": "video-tf", "diffusion_forcing": "video-df"}
-
-
-def eval_actions(n_videos: int, n_frames: int, seed: int = 0, hold: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
-    """Held-out conditioning: random actions held for `hold` frames (B, F) and scenes (B,)."""
-    g = torch.Generator().manual_seed(seed)
-    acts = torch.randint(0, len(ACTIONS), (n_videos, -(-n_frames // hold)), generator=g)
-    scenes = torch.randint(0, CONFIG.n_scenes, (n_videos,), generator=g)
-    return acts.repeat_interleave(hold, 1)[:, :n_frames], scenes
-
-
-def evaluate(model: VideoTransformer, ae: FrameAutoencoder, n_videos: int = 32) -> dict:
-    """toybench of decoded 16-frame samples, 8 steps per chunk, two ways:
-    "toybench_16"             from scratch, on held-out actions and scenes (eval_actions);
-    "toybench_16_real_start"  continuing the first chunk of held-out real clips, scored on the 14
-                              generated frames (the issue's calibration protocol: two clean context frames)."""
-    from .toybench import score_video
-
-    p = next(model.parameters())
-    actions, scenes = eval_actions(n_videos, CONFIG.max_frames)
-    z = sample_video(model, actions.to(p.device), scenes.to(p.device), generator=torch.Generator().manual_seed(1))
-    c = CONFIG.chunk
-    x, a, s = video_clips(SpriteWorld(VIDEO_WORLD), n_videos, CONFIG.max_frames, torch.Generator().manual_seed(1000))
-    start = ae.encode_video(x[:, :c].to(p.device))
-    z_real = sample_video(model, a.to(p.device), s.to(p.device), start=start,
-                          generator=torch.Generator().manual_seed(2))
-    return {"toybench_16": score_video(ae.decode_video(z).cpu(), scenes, actions),
-            "toybench_16_real_start": score_video(ae.decode_video(z_real[:, c:]).cpu(), s, a[:, c:])}
-
-
-def train_video(method: str, out=None, device=None, steps: int | None = None) -> dict:
-    """Train CONFIG with RECIPES[method] on frame-ae's latents, save, score it (`evaluate`), save the scores."""
-    recipe = VideoRecipe(**{**asdict(RECIPES[check_method(method)]), **({"steps": steps} if steps else {})})
-    ae, _ = load_autoencoder(device)
-    model, losses, seconds = train(method, VideoTransformer(CONFIG), recipe, device, autoencoder=ae)
-    out = out or f"minimal/pretrained/{CHECKPOINTS[method]}.pt"
-    meta = {"method": method, "recipe": asdict(recipe), "autoencoder": "frame-ae", "train_seconds": round(seconds, 1),
-            "final_loss": round(sum(losses[-100:]) / len(losses[-100:]), 4), "n_params": model.n_params()}
-    save_checkpoint(out, model, meta)
-    meta.update(evaluate(model, ae))
-    save_checkpoint(out, model, meta)
-    return meta
-
-
-def train_teacher_forcing(out=None, device=None, steps: int | None = None) -> dict:
-    return train_video("teacher_forcing", out, device, steps)
-
-
-def train_diffusion_forcing(out=None, device=None, steps: int | None = None) -> dict:
-    return train_video("diffusion_forcing", out, device, steps)
-
-
-def load_video_model(method: str, device=None) -> tuple[VideoTransformer, dict]:
-    return load_pretrained(CHECKPOINTS[check_method(method)], VideoTransformer, VideoConfig, device)

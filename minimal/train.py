@@ -21,8 +21,8 @@ RECIPES = {
     "flow-frames": "minimal.flow_bench:train_flow_frames",
     "mean-flow-frames": "minimal.flow_bench:train_mean_flow_frames",
     "frame-ae": "minimal.autoencoder:train_autoencoder",
-    "video-tf": "minimal.diffusion_forcing:train_teacher_forcing",
-    "video-df": "minimal.diffusion_forcing:train_diffusion_forcing",
+    "video-tf": "minimal.video_recipes:train_teacher_forcing",
+    "video-df": "minimal.video_recipes:train_diffusion_forcing",
 }
 
 

@@ -11,9 +11,10 @@ from dataclasses import asdict
 
 import torch
 
-from .diffusion_forcing import CONFIG, sample_chunks
+from .diffusion_forcing import sample_chunks
 from .timing import Timer, percentile, resolve_device
 from .video_model import VideoConfig, VideoTransformer
+from .video_recipes import CONFIG
 
 
 def chunk_latencies(model, n_frames: int, cache="static", n_sink: int = 0, steps: int = 8, device=None) -> list[float]:

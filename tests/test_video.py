@@ -9,11 +9,7 @@ from torch.nn.attention.flex_attention import flex_attention
 from minimal.autoencoder import load_autoencoder
 from minimal.data import VIDEO_WORLD, SpriteWorld
 from minimal.diffusion_forcing import (
-    CONFIG,
-    RECIPES,
     VideoRecipe,
-    eval_actions,
-    load_video_model,
     rollout,
     sample_chunks,
     sample_pyramid,
@@ -35,6 +31,7 @@ from minimal.video_model import (
     patchify,
     unpatchify,
 )
+from minimal.video_recipes import CONFIG, RECIPES, eval_actions, load_video_model
 
 SMALL = VideoConfig(n_layer=2, n_head=2, n_embd=32, max_frames=8, chunk=2)
 SMALL16 = dataclasses.replace(SMALL, max_frames=16)  # trained length 16: rolling caches stream past it
