@@ -166,6 +166,7 @@ CHECKPOINT = "frame-ae"
 def train_autoencoder(out=None, device=None, steps: int | None = None) -> dict:
     """Train AutoencoderConfig() with AutoencoderRecipe(), save it, and record its reconstruction quality."""
     recipe = AutoencoderRecipe(**{**asdict(AutoencoderRecipe()), **({"steps": steps} if steps else {})})
+    torch.manual_seed(recipe.seed)  # the initial weights too (train seeds only its own draws)
     model, losses, seconds = train(FrameAutoencoder(), recipe, device)
     x = world_frames(1024, torch.Generator().manual_seed(recipe.seed + 1)).to(next(model.parameters()).device)
     with torch.no_grad():

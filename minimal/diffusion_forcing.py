@@ -26,6 +26,12 @@ time (the pyramid schedule), and t = 0 is just one of its noise levels.
 At inference both models see their *own* samples as context, never the ground truth: that mismatch
 with teacher forcing's training is exposure bias, and errors then compound over a long rollout.
 
+Teacher forcing with a noisy context (`context_noise = tau`; GameNGen's noise augmentation, Valevski
+et al. 2024): the first half of the doubled sequence is noised, chunk k to its own s_k ~ U(0, tau), and
+labelled with s_k, [z'_1 .. z'_K | z_1 .. z_K] at times [s_1 .. s_K | t_1 .. t_K]. The model learns to
+predict from a past it cannot fully trust, as its own samples are at inference (where the context is
+still given at s = 0), while the target chunks keep teacher forcing's clean-past supervision.
+
 Samplers:
     sample_video    chunk by chunk, n Euler steps per chunk, with the frame KV cache (or, as the slow
                     reference, recomputing the whole prefix under the block-causal mask every step)
@@ -91,10 +97,22 @@ def teacher_forcing_mask(n_frames: int, chunk: int, tokens_per_frame: int, devic
     return torch.cat([top, bottom], dim=0)
 
 
-def video_loss(method: str, model: VideoTransformer, x, actions, scene, generator=None) -> torch.Tensor:
+def check_context_noise(method: str, context_noise) -> float:
+    if not isinstance(context_noise, (int, float)) or isinstance(context_noise, bool) or not 0 <= context_noise <= 1:
+        raise ValueError(f"context_noise must be a number in [0, 1], got {context_noise!r}")
+    if context_noise and method != "teacher_forcing":
+        raise ValueError(f"context_noise noises teacher forcing's clean half; {method} has no clean half "
+                         "(diffusion forcing's context is already noisy), so it must be 0")
+    return float(context_noise)
+
+
+def video_loss(method: str, model: VideoTransformer, x, actions, scene, generator=None,
+               context_noise: float = 0.0) -> torch.Tensor:
     """The x-weighted flow-matching loss (see the module docstring) of a clip x (B, F, C, H, W) under
-    teacher or diffusion forcing."""
+    teacher or diffusion forcing; with context_noise = tau > 0, teacher forcing's context chunks are
+    noised to their own s_k ~ U(0, tau) (and labelled s_k) instead of clean."""
     check_method(method)
+    check_context_noise(method, context_noise)
     cfg = model.config
     B, Fr = x.shape[:2]
     t = chunk_times(B, Fr, cfg.chunk, generator, x.device).to(x.dtype)  # (B, F)
@@ -103,9 +121,14 @@ def video_loss(method: str, model: VideoTransformer, x, actions, scene, generato
     if method == "diffusion_forcing":
         v = model(z, t, actions, scene, mask=chunk_mask(Fr, cfg.chunk, cfg.tokens_per_frame, x.device))
     else:
+        ctx, s = x, torch.zeros_like(t)  # the context half [x_1 .. x_K] at times [0 .. 0]
+        if context_noise:
+            s = context_noise * chunk_times(B, Fr, cfg.chunk, generator, x.device).to(x.dtype)  # (B, F)
+            e_ctx = torch.randn(x.shape, generator=generator).to(x)
+            ctx = interpolate(x.flatten(0, 1), e_ctx.flatten(0, 1), s.flatten()).view_as(x)
         pos = torch.arange(Fr, device=x.device).repeat(2)  # both halves at positions 0 .. F-1
         mask = teacher_forcing_mask(Fr, cfg.chunk, cfg.tokens_per_frame, x.device)
-        v = model(torch.cat([x, z], 1), torch.cat([torch.zeros_like(t), t], 1), actions.repeat(1, 2), scene,
+        v = model(torch.cat([ctx, z], 1), torch.cat([s, t], 1), actions.repeat(1, 2), scene,
                   frame_pos=pos, mask=mask)[:, Fr:]
     w = t.clamp(min=T_MIN)[..., None, None, None]  # (B, F, 1, 1, 1)
     return ((w * (v - (e - x))) ** 2).mean()
@@ -128,6 +151,7 @@ class VideoRecipe:
     lr: float = 2e-3
     ema: float = 0.995  # a ~200-step average: 0.999 would still weigh the initial weights 30% after 1200 steps
     seed: int = 0
+    context_noise: float = 0.0  # teacher forcing only: noise the context chunks to s ~ U(0, context_noise)
 
 
 def train(method: str, model: VideoTransformer, recipe: VideoRecipe, device=None, progress: bool = True,
@@ -135,6 +159,7 @@ def train(method: str, model: VideoTransformer, recipe: VideoRecipe, device=None
     """AdamW, warm-up then cosine decay, on pixel clips or, given a (frozen) autoencoder, on their latents;
     returns (EMA model, losses, seconds)."""
     check_method(method)
+    check_context_noise(method, recipe.context_noise)
     device = resolve_device(device)
     world = SpriteWorld(VIDEO_WORLD)
     g = torch.Generator().manual_seed(recipe.seed)
@@ -153,7 +178,7 @@ def train(method: str, model: VideoTransformer, recipe: VideoRecipe, device=None
         x, a, s = (v.to(device) for v in video_clips(world, recipe.batch_size, model.config.max_frames, g))
         if autoencoder is not None:
             x = autoencoder.encode_video(x)
-        loss = video_loss(method, model, x, a, s, g)
+        loss = video_loss(method, model, x, a, s, g, recipe.context_noise)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

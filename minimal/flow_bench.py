@@ -128,6 +128,7 @@ RECIPES_2D = {"flow_matching": TrainRecipe(), "mean_flow": TrainRecipe(lr=3e-4)}
 def train_2d(method: str, out=None, device=None, steps: int | None = None) -> dict:
     """Train FlowMLP on the checkerboard with the bench recipe and save minimal/pretrained/<name>.pt."""
     recipe = replace(RECIPES_2D[check_method(method)], **({} if steps is None else {"steps": steps}))
+    torch.manual_seed(recipe.seed)  # the initial weights too (train seeds only its own draws)
     net, losses, seconds = train(method, FlowMLP(FlowMLPConfig()), checkerboard, recipe, device,
                                  desc=CHECKPOINTS_2D[method])
     sw = {str(k): v for k, v in evaluate_2d(method, net).items()}
@@ -153,6 +154,7 @@ def bench(device=None, quick: bool = False):
     figures = {"steps": recipes["mean_flow"].steps, "floor": floor_2d(n_eval), "train_seconds": {},
                "ms_per_1k_samples": {}, "lr": {m: r.lr for m, r in recipes.items()}}
     for method, recipe in recipes.items():
+        torch.manual_seed(recipe.seed)
         net, _, seconds = train(method, FlowMLP(FlowMLPConfig()), checkerboard, recipe, device, progress=False)
         figures[method] = {str(k): v for k, v in evaluate_2d(method, net, n_eval).items()}
         figures["train_seconds"][method] = seconds
@@ -190,6 +192,7 @@ def bench_weight(device=None, quick: bool = False):
     n_eval = 512 if quick else 16384
     figures = {"steps": base.steps, "lr": base.lr, "floor": floor_2d(n_eval), "train_seconds": {}}
     for p in (0.0, 1.0):
+        torch.manual_seed(base.seed)
         net, _, seconds = train("mean_flow", FlowMLP(FlowMLPConfig()), checkerboard, replace(base, p=p), device,
                                 progress=False)
         figures[f"p={p:g}"] = {str(k): v for k, v in evaluate_2d("flow_matching", net, n_eval).items()}
@@ -266,6 +269,7 @@ def train_frames(method: str, out=None, device=None, steps: int | None = None) -
     if method == "mean_flow":
         net, _ = load_pretrained(FRAME_CHECKPOINTS["flow_matching"], FrameUNet, FrameUNetConfig)
     else:
+        torch.manual_seed(recipe.seed)  # the initial weights too (train seeds only its own draws)
         net = FrameUNet(FrameUNetConfig())
     net, losses, seconds = train(method, net, frames, recipe, device, desc=FRAME_CHECKPOINTS[method])
     nfes = (1, 2, 4, 8, 32) if method == "flow_matching" else (1, 2, 4)

@@ -23,6 +23,7 @@ RECIPES = {
     "frame-ae": "minimal.autoencoder:train_autoencoder",
     "video-tf": "minimal.video_recipes:train_teacher_forcing",
     "video-df": "minimal.video_recipes:train_diffusion_forcing",
+    "video-tfn": "minimal.video_recipes:train_noisy_teacher_forcing",
 }
 
 

@@ -1,8 +1,9 @@
 """The shipped causal video models: their config, training recipes, evaluation and checkpoints.
 
-`video-tf` (teacher forcing) and `video-df` (diffusion forcing) are diffusion_forcing.py's `train` on
-frame-ae's latents (autoencoder.py), at equal compute; `evaluate` scores decoded samples with toybench,
-from scratch and continuing a real first chunk. `python -m minimal.train video-tf` / `video-df`
+`video-tf` (teacher forcing), `video-df` (diffusion forcing) and `video-tfn` (teacher forcing with a
+noisy context, GameNGen's noise augmentation) are diffusion_forcing.py's `train` on frame-ae's latents
+(autoencoder.py), at equal compute; `evaluate` scores decoded samples with toybench, from scratch and
+continuing a real first chunk. `python -m minimal.train video-tf` / `video-df` / `video-tfn`
 reproduces them.
 """
 
@@ -15,7 +16,7 @@ import torch
 from .autoencoder import FrameAutoencoder, load_autoencoder
 from .checkpoints import load_pretrained, save_checkpoint
 from .data import ACTIONS, VIDEO_WORLD, SpriteWorld
-from .diffusion_forcing import VideoRecipe, check_method, sample_video, train, video_clips
+from .diffusion_forcing import VideoRecipe, sample_video, train, video_clips
 from .video_model import VideoConfig, VideoTransformer
 
 # The shipped models work on frame-ae's latents (8, 4, 4): patch 2 gives P = 4 tokens per frame, a
@@ -25,8 +26,22 @@ from .video_model import VideoConfig, VideoTransformer
 CONFIG = VideoConfig(size=4, channels=8, patch=2)
 # Equal compute, under an hour each on one CPU thread: a teacher-forcing step runs the doubled
 # [clean | noisy] sequence and costs about 1.5x a diffusion-forcing step (latents: 2.3 against 1.5 steps/s).
-RECIPES = {"teacher_forcing": VideoRecipe(steps=4800), "diffusion_forcing": VideoRecipe(steps=7000)}
-CHECKPOINTS = {"teacher_forcing": "video-tf", "diffusion_forcing": "video-df"}
+# Each shipped model: the training method (diffusion_forcing.METHODS), its recipe, its checkpoint.
+RECIPES = {"teacher_forcing": VideoRecipe(steps=4800), "diffusion_forcing": VideoRecipe(steps=7000),
+           "noisy_teacher_forcing": VideoRecipe(steps=4800, context_noise=0.5)}
+CHECKPOINTS = {"teacher_forcing": "video-tf", "diffusion_forcing": "video-df", "noisy_teacher_forcing": "video-tfn"}
+MODELS = tuple(RECIPES)
+
+
+def check_model(name: str) -> str:
+    if name not in MODELS:
+        raise ValueError(f"model must be one of {MODELS}, got {name!r}")
+    return name
+
+
+def training_method(name: str) -> str:
+    """The method a shipped model trains with: noisy_teacher_forcing is teacher forcing with context_noise."""
+    return "teacher_forcing" if check_model(name) == "noisy_teacher_forcing" else name
 
 
 def eval_actions(n_videos: int, n_frames: int, seed: int = 0, hold: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
@@ -56,12 +71,14 @@ def evaluate(model: VideoTransformer, ae: FrameAutoencoder, n_videos: int = 32) 
             "toybench_16_real_start": score_video(ae.decode_video(z_real[:, c:]).cpu(), s, a[:, c:])}
 
 
-def train_video(method: str, out=None, device=None, steps: int | None = None) -> dict:
-    """Train CONFIG with RECIPES[method] on frame-ae's latents, save, score it (`evaluate`), save the scores."""
-    recipe = VideoRecipe(**{**asdict(RECIPES[check_method(method)]), **({"steps": steps} if steps else {})})
+def train_video(name: str, out=None, device=None, steps: int | None = None) -> dict:
+    """Train CONFIG with RECIPES[name] on frame-ae's latents, save, score it (`evaluate`), save the scores."""
+    recipe = VideoRecipe(**{**asdict(RECIPES[check_model(name)]), **({"steps": steps} if steps else {})})
     ae, _ = load_autoencoder(device)
+    method = training_method(name)
+    torch.manual_seed(recipe.seed)  # the initial weights too (train seeds only its own draws)
     model, losses, seconds = train(method, VideoTransformer(CONFIG), recipe, device, autoencoder=ae)
-    out = out or f"minimal/pretrained/{CHECKPOINTS[method]}.pt"
+    out = out or f"minimal/pretrained/{CHECKPOINTS[name]}.pt"
     meta = {"method": method, "recipe": asdict(recipe), "autoencoder": "frame-ae", "train_seconds": round(seconds, 1),
             "final_loss": round(sum(losses[-100:]) / len(losses[-100:]), 4), "n_params": model.n_params()}
     save_checkpoint(out, model, meta)
@@ -78,5 +95,10 @@ def train_diffusion_forcing(out=None, device=None, steps: int | None = None) -> 
     return train_video("diffusion_forcing", out, device, steps)
 
 
-def load_video_model(method: str, device=None) -> tuple[VideoTransformer, dict]:
-    return load_pretrained(CHECKPOINTS[check_method(method)], VideoTransformer, VideoConfig, device)
+def train_noisy_teacher_forcing(out=None, device=None, steps: int | None = None) -> dict:
+    return train_video("noisy_teacher_forcing", out, device, steps)
+
+
+def load_video_model(name: str, device=None) -> tuple[VideoTransformer, dict]:
+    """A shipped model by name (MODELS) and its meta."""
+    return load_pretrained(CHECKPOINTS[check_model(name)], VideoTransformer, VideoConfig, device)
