@@ -446,6 +446,8 @@ def test_bad_input_raises_clear_errors():
             video_loss("teacher_forcing", model, noise, actions, scenes, context_noise=bad)
     with pytest.raises(ValueError, match="context_noise .* diffusion_forcing has no clean half"):
         video_loss("diffusion_forcing", model, noise, actions, scenes, context_noise=0.5)
+    with pytest.raises(ValueError, match="model must be one of"):
+        load_video_model("self_forcing")
     with pytest.raises(ValueError, match="context_noise .* must be 0"):
         train("diffusion_forcing", model, VideoRecipe(steps=1, context_noise=0.5), "cpu", False)
     with pytest.raises(ValueError, match=r"start must be \(B, F0, C, H, W\) = \(2, F0, 3, 16, 16\)"):
