@@ -27,7 +27,9 @@ from .video_model import VideoConfig, VideoTransformer
 CONFIG = VideoConfig(size=4, channels=8, patch=2)
 # Equal compute, under an hour each on one CPU thread: a teacher-forcing step runs the doubled
 # [clean | noisy] sequence and costs about 1.5x a diffusion-forcing step (latents: 2.3 against 1.5 steps/s).
-# Each shipped model: the training method (diffusion_forcing.METHODS), its recipe, its checkpoint.
+# Each shipped model by name: its training method (diffusion_forcing.METHODS), recipe and checkpoint.
+METHODS = {"teacher_forcing": "teacher_forcing", "diffusion_forcing": "diffusion_forcing",
+           "noisy_teacher_forcing": "teacher_forcing"}
 RECIPES = {"teacher_forcing": VideoRecipe(steps=4800), "diffusion_forcing": VideoRecipe(steps=7000),
            "noisy_teacher_forcing": VideoRecipe(steps=4800, context_noise=0.5)}
 CHECKPOINTS = {"teacher_forcing": "video-tf", "diffusion_forcing": "video-df", "noisy_teacher_forcing": "video-tfn"}
@@ -41,8 +43,8 @@ def check_model(name: str) -> str:
 
 
 def training_method(name: str) -> str:
-    """The method a shipped model trains with: noisy_teacher_forcing is teacher forcing with context_noise."""
-    return "teacher_forcing" if check_model(name) == "noisy_teacher_forcing" else name
+    """The method a shipped model trains with (noisy_teacher_forcing: teacher forcing with context_noise)."""
+    return METHODS[check_model(name)]
 
 
 def eval_actions(n_videos: int, n_frames: int, seed: int = 0, hold: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
