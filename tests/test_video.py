@@ -204,21 +204,26 @@ def test_rollout_within_the_window_is_sample_video(cache, n_sink):
     assert torch.equal(within, sample_video(model, actions, scenes, 2, noise=noise))
 
 
-def test_rolling_window_equals_recomputing_the_window():
+@pytest.mark.parametrize("w", [0.0, 0.5])
+def test_rolling_window_equals_recomputing_the_window(w):
     """Past max_frames each chunk is generated from the last max_frames - c frames at positions 0 ..:
-    the same as recomputing that window from scratch under the block-causal mask at every step."""
+    the same as recomputing that window from scratch under the block-causal mask at every step; with
+    history guidance w, the unconditional branch recomputes the same window of starting noise at t = 1."""
     model, steps, c, M = random_model(), 2, SMALL.chunk, SMALL.max_frames
     actions, scenes, noise = inputs(n_frames=20)
-    video = rollout(model, actions, scenes, steps, noise=noise, cache="reencode")
+    video = rollout(model, actions, scenes, steps, noise=noise, cache="reencode", history_guidance=w)
     assert video.shape == noise.shape
     keep = M - c
     for k in (M, M + c, 20 - c):  # chunks after the window filled
-        context, z = video[:, k - keep:k], noise[:, k:k + c].clone()
+        context, past_noise, z = video[:, k - keep:k], noise[:, k - keep:k], noise[:, k:k + c].clone()
         mask = block_causal_mask(M, c, SMALL.tokens_per_frame)
         for t in (1.0, 0.5):
+            a = actions[:, k - keep:k + c]
             times = torch.cat([torch.zeros(2, keep), torch.full((2, c), t)], 1)
-            v = model(torch.cat([context, z], 1), times, actions[:, k - keep:k + c], scenes, mask=mask)[:, keep:]
-            z = z - 0.5 * v
+            v = model(torch.cat([context, z], 1), times, a, scenes, mask=mask)[:, keep:]
+            times_u = torch.cat([torch.ones(2, keep), torch.full((2, c), t)], 1)
+            v_u = model(torch.cat([past_noise, z], 1), times_u, a, scenes, mask=mask)[:, keep:]
+            z = z - 0.5 * (v + w * (v - v_u))
         assert (z - video[:, k:k + c]).abs().max() < 1e-4
 
 
@@ -279,6 +284,62 @@ def test_sample_chunks_yields_chunks_in_order():
     chunks = list(sample_chunks(model, actions, scenes, 2, noise=noise))
     assert [x.shape[1] for x in chunks] == [2, 2, 2, 2]
     assert torch.equal(torch.cat(chunks, 1), sample_video(model, actions, scenes, 2, noise=noise))
+
+
+# ---------------------------------------------------------------------------------------------------
+# History guidance
+# ---------------------------------------------------------------------------------------------------
+
+def test_history_guidance_by_hand():
+    """Chunk 0 has no past and is unguided; chunk 1 steps along v_c + w (v_c - v_u), v_c seeing the clean
+    first chunk at t = 0 and v_u the first chunk's own starting noise at t = 1."""
+    model, w = random_model(), 0.7
+    actions, scenes, noise = inputs(n_videos=1, n_frames=4)
+    video = sample_video(model, actions, scenes, 2, noise=noise, use_cache=False, history_guidance=w)
+    assert torch.equal(video[:, :2], sample_video(model, actions, scenes, 2, noise=noise, use_cache=False)[:, :2])
+    mask = block_causal_mask(4, 2, SMALL.tokens_per_frame)
+    z = noise[:, 2:].clone()
+    for t in (1.0, 0.5):
+        v_c = model(torch.cat([video[:, :2], z], 1), torch.tensor([[0.0, 0.0, t, t]]), actions, scenes, mask=mask)
+        v_u = model(torch.cat([noise[:, :2], z], 1), torch.tensor([[1.0, 1.0, t, t]]), actions, scenes, mask=mask)
+        z = z - 0.5 * (v_c + w * (v_c - v_u))[:, 2:]
+    assert (z - video[:, 2:]).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("with_start", [False, True])
+def test_history_guidance_cached_equals_uncached(with_start):
+    """The unconditional branch's cache (the past as noise, encoded at t = 1) agrees with recomputing it."""
+    model = random_model()
+    actions, scenes, noise = inputs()
+    start = torch.rand(2, 2, 3, 16, 16) if with_start else None
+    cached = sample_video(model, actions, scenes, 3, noise=noise, start=start, history_guidance=0.5)
+    uncached = sample_video(model, actions, scenes, 3, noise=noise, start=start, use_cache=False,
+                            history_guidance=0.5)
+    assert (cached - uncached).abs().max() <= 1e-4
+    assert (cached - sample_video(model, actions, scenes, 3, noise=noise, start=start)).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("cache, n_sink", [("reencode", 0), ("rolling", 2)])
+def test_guided_rollout_within_the_window_is_guided_sample_video(cache, n_sink):
+    model = random_model()
+    actions, scenes, noise = inputs()
+    within = rollout(model, actions, scenes, 2, noise=noise, cache=cache, n_sink=n_sink, history_guidance=0.5)
+    assert torch.equal(within, sample_video(model, actions, scenes, 2, noise=noise, history_guidance=0.5))
+
+
+def test_history_guidance_lifts_the_shipped_diffusion_forcing_model():
+    """History guidance at w = 0.5, paired with plain sampling (same actions, scenes and noise), 64 videos
+    from scratch: more valid frames and right sprite counts (measured: validity 0.579 -> 0.641, count
+    0.621 -> 0.688), action following kept."""
+    model, _ = load_video_model("diffusion_forcing")
+    ae, _ = load_autoencoder()
+    actions, scenes = eval_actions(64, 16)
+    scores = {w: score_video(ae.decode_video(sample_video(model, actions, scenes, 8, history_guidance=w,
+                                                          generator=torch.Generator().manual_seed(1))),
+                             scenes, actions) for w in (0.0, 0.5)}
+    plain, guided = scores[0.0], scores[0.5]
+    assert guided["validity"] > plain["validity"] + 0.03 and guided["count"] > plain["count"] + 0.03, scores
+    assert guided["action"] > plain["action"] - 0.03, scores
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -455,6 +516,11 @@ def test_bad_input_raises_clear_errors():
     for n in (0, 3, 8):
         with pytest.raises(ValueError, match="start must hold a positive multiple of the chunk size"):
             sample_video(model, actions, scenes, 2, start=noise[:, :n])
+    for bad in (-0.5, float("nan"), float("inf"), "1", True):
+        with pytest.raises(ValueError, match="history_guidance must be a finite number >= 0"):
+            sample_video(model, actions, scenes, 2, history_guidance=bad)
+    with pytest.raises(ValueError, match="history_guidance needs a second cache of the same kind"):
+        rollout(model, actions, scenes, 2, cache=NaiveSinkCache(2, 0, 8, SMALL.tokens_per_frame), history_guidance=1)
 
 
 def test_bad_rolling_cache_arguments_raise():
