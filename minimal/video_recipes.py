@@ -55,8 +55,8 @@ def eval_actions(n_videos: int, n_frames: int, seed: int = 0, hold: int = 4) -> 
     return acts.repeat_interleave(hold, 1)[:, :n_frames], scenes
 
 
-def evaluate(model: VideoTransformer, ae: FrameAutoencoder, n_videos: int = 32) -> dict:
-    """toybench of decoded 16-frame samples, 8 steps per chunk, two ways:
+def evaluate(model: VideoTransformer, ae: FrameAutoencoder, n_videos: int = 32, history_guidance: float = 0.0) -> dict:
+    """toybench of decoded 16-frame samples, 8 steps per chunk (optionally with history guidance), two ways:
     "toybench_16"             from scratch, on held-out actions and scenes (eval_actions);
     "toybench_16_real_start"  continuing the first chunk of held-out real clips, scored on the 14
                               generated frames (the issue's calibration protocol: two clean context frames)."""
@@ -64,12 +64,13 @@ def evaluate(model: VideoTransformer, ae: FrameAutoencoder, n_videos: int = 32) 
 
     p = next(model.parameters())
     actions, scenes = eval_actions(n_videos, CONFIG.max_frames)
-    z = sample_video(model, actions.to(p.device), scenes.to(p.device), generator=torch.Generator().manual_seed(1))
+    z = sample_video(model, actions.to(p.device), scenes.to(p.device), generator=torch.Generator().manual_seed(1),
+                     history_guidance=history_guidance)
     c = CONFIG.chunk
     x, a, s = video_clips(SpriteWorld(VIDEO_WORLD), n_videos, CONFIG.max_frames, torch.Generator().manual_seed(1000))
     start = ae.encode_video(x[:, :c].to(p.device))
     z_real = sample_video(model, a.to(p.device), s.to(p.device), start=start,
-                          generator=torch.Generator().manual_seed(2))
+                          generator=torch.Generator().manual_seed(2), history_guidance=history_guidance)
     return {"toybench_16": score_video(ae.decode_video(z).cpu(), scenes, actions),
             "toybench_16_real_start": score_video(ae.decode_video(z_real[:, c:]).cpu(), s, a[:, c:])}
 

@@ -31,7 +31,7 @@ from minimal.video_model import (
     patchify,
     unpatchify,
 )
-from minimal.video_recipes import CONFIG, MODELS, RECIPES, eval_actions, load_video_model, training_method
+from minimal.video_recipes import CONFIG, MODELS, RECIPES, eval_actions, evaluate, load_video_model, training_method
 
 SMALL = VideoConfig(n_layer=2, n_head=2, n_embd=32, max_frames=8, chunk=2)
 SMALL16 = dataclasses.replace(SMALL, max_frames=16)  # trained length 16: rolling caches stream past it
@@ -325,6 +325,22 @@ def test_guided_rollout_within_the_window_is_guided_sample_video(cache, n_sink):
     actions, scenes, noise = inputs()
     within = rollout(model, actions, scenes, 2, noise=noise, cache=cache, n_sink=n_sink, history_guidance=0.5)
     assert torch.equal(within, sample_video(model, actions, scenes, 2, noise=noise, history_guidance=0.5))
+
+
+def test_evaluate_samples_with_history_guidance(monkeypatch):
+    """Both of evaluate's protocols (from scratch, continuing a real first chunk) sample with the guidance."""
+    import minimal.video_recipes as recipes
+
+    seen = []
+
+    def recording(*args, **kwargs):
+        seen.append(kwargs["history_guidance"])
+        return sample_video(*args, **kwargs)
+
+    monkeypatch.setattr(recipes, "sample_video", recording)
+    ae, _ = load_autoencoder()
+    scores = evaluate(random_model(CONFIG), ae, n_videos=2, history_guidance=0.5)
+    assert seen == [0.5, 0.5] and set(scores) == {"toybench_16", "toybench_16_real_start"}
 
 
 def test_history_guidance_lifts_the_shipped_diffusion_forcing_model():
