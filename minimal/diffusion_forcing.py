@@ -288,7 +288,7 @@ def check_guidance(history_guidance) -> float:
     w = history_guidance
     if not isinstance(w, (int, float)) or isinstance(w, bool) or not 0 <= w < float("inf"):
         raise ValueError(f"history_guidance must be a finite number >= 0, got {w!r}")
-    return float(history_guidance)
+    return float(w)
 
 
 CACHES = ("static", "reencode", "rolling")
