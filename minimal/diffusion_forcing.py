@@ -12,7 +12,8 @@ hard ones, where the model must invent the next frame, get their share. (On pixe
 following 0.33 with the x-loss, 0.07 without; video_recipes.py has the shipped figures.)
 
 The frames x are the frame autoencoder's latents (autoencoder.py): `train(..., autoencoder=ae)` encodes
-every clip, and a sample is decoded with `ae.decode_video` before anyone looks at it.
+every clip (or, with `VideoRecipe.n_rollouts`, a fixed set of rollouts once), and a sample is decoded
+with `ae.decode_video` before anyone looks at it.
 
 Teacher forcing (CausVid's and Self Forcing's baseline): the context is always *clean*. The sequence is
 doubled, [x_1 .. x_K | z_1 .. z_K] with times [0 .. 0 | t_1 .. t_K], both halves at frame positions
@@ -142,14 +143,33 @@ def video_loss(method: str, model: VideoTransformer, x, actions, scene, generato
     return ((w * (v - (e - x))) ** 2).mean()
 
 
+def clip_windows(x, a, s, rows, n_frames: int, generator=None):
+    """n_frames-long windows at random offsets of the 2 n_frames-long rollouts x[rows] (B, 2F, ...), so a
+    clip's first frame is not always the simulator's start (the player at the centre)."""
+    start = torch.randint(0, n_frames + 1, (len(rows),), generator=generator)
+    idx = (start[:, None] + torch.arange(n_frames)).to(x.device)  # (B, F)
+    rows = rows.to(x.device)
+    return x[rows[:, None], idx], a[rows[:, None], idx], s[rows]
+
+
 def video_clips(world: SpriteWorld, batch_size: int, n_frames: int, generator=None):
-    """Training clips: n_frames-long windows at random offsets of 2 n_frames-long rollouts, so a clip's
-    first frame is not always the simulator's start (the player at the centre)."""
+    """Training clips: windows (clip_windows) of batch_size fresh simulator rollouts."""
     x, a, s = world.sample_batch(batch_size, 2 * n_frames, generator=generator)
-    start = torch.randint(0, n_frames + 1, (batch_size,), generator=generator)
-    idx = start[:, None] + torch.arange(n_frames)  # (B, F)
-    rows = torch.arange(batch_size)[:, None]
-    return x[rows, idx], a[rows, idx], s
+    return clip_windows(x, a, s, torch.arange(batch_size), n_frames, generator)
+
+
+def encoded_rollouts(world: SpriteWorld, n_rollouts: int, n_frames: int, autoencoder=None, generator=None,
+                     device=None, batch_size: int = 64):
+    """A fixed training set: n_rollouts simulator rollouts of n_frames frames, encoded once by the
+    autoencoder (if given), as (x (N, n_frames, ...), actions (N, n_frames), scenes (N,))."""
+    xs, as_, ss = [], [], []
+    for i in range(0, n_rollouts, batch_size):
+        x, a, s = world.sample_batch(min(batch_size, n_rollouts - i), n_frames, generator=generator)
+        x = x.to(device)
+        xs.append(autoencoder.encode_video(x) if autoencoder is not None else x)
+        as_.append(a)
+        ss.append(s)
+    return torch.cat(xs), torch.cat(as_).to(device), torch.cat(ss).to(device)
 
 
 @dataclass
@@ -160,32 +180,45 @@ class VideoRecipe:
     ema: float = 0.995  # a ~200-step average: 0.999 would still weigh the initial weights 30% after 1200 steps
     seed: int = 0
     context_noise: float = 0.0  # teacher forcing only: noise the context chunks to s ~ U(0, context_noise)
+    n_rollouts: int = 0  # 0: fresh rollouts every step; N: a fixed set of N rollouts encoded once (encoded_rollouts)
 
 
 def train(method: str, model: VideoTransformer, recipe: VideoRecipe, device=None, progress: bool = True,
           autoencoder: FrameAutoencoder | None = None):
     """AdamW, warm-up then cosine decay, on pixel clips or, given a (frozen) autoencoder, on their latents;
-    returns (EMA model, losses, seconds)."""
+    returns (EMA model, losses, seconds). The clips are windows of fresh rollouts every step or, with
+    recipe.n_rollouts = N, of a fixed set of N rollouts encoded once (then a step is only the model's
+    work; the encoding counts in the seconds)."""
     check_method(method)
     check_context_noise(method, recipe.context_noise)
+    N = recipe.n_rollouts
+    if not isinstance(N, int) or isinstance(N, bool) or N < 0:
+        raise ValueError(f"n_rollouts must be an int >= 0 (0: fresh rollouts every step), got {N!r}")
     device = resolve_device(device)
     world = SpriteWorld(VIDEO_WORLD)
     g = torch.Generator().manual_seed(recipe.seed)
     torch.manual_seed(recipe.seed)
     model = model.to(device).train()
+    F = model.config.max_frames
+    t0 = time.perf_counter()
     if autoencoder is not None:
         autoencoder = autoencoder.to(device).eval().requires_grad_(False)
+    if N:
+        data = encoded_rollouts(world, N, 2 * F, autoencoder, g, device)  # (N, 2F, ...), (N, 2F), (N,)
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(recipe.ema))
     opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=0.0)
     warmup = min(200, recipe.steps // 10 + 1)
     sched = torch.optim.lr_scheduler.SequentialLR(opt, [
         torch.optim.lr_scheduler.LinearLR(opt, 0.01, 1.0, warmup),
         torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, recipe.steps - warmup))], [warmup])
-    losses, t0 = [], time.perf_counter()
+    losses = []
     for _ in tqdm(range(recipe.steps), desc=method, disable=not progress):
-        x, a, s = (v.to(device) for v in video_clips(world, recipe.batch_size, model.config.max_frames, g))
-        if autoencoder is not None:
-            x = autoencoder.encode_video(x)
+        if N:
+            x, a, s = clip_windows(*data, torch.randint(0, N, (recipe.batch_size,), generator=g), F, g)
+        else:
+            x, a, s = (v.to(device) for v in video_clips(world, recipe.batch_size, F, g))
+            if autoencoder is not None:
+                x = autoencoder.encode_video(x)
         loss = video_loss(method, model, x, a, s, g, recipe.context_noise)
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -10,6 +10,8 @@ from minimal.autoencoder import load_autoencoder
 from minimal.data import VIDEO_WORLD, SpriteWorld
 from minimal.diffusion_forcing import (
     VideoRecipe,
+    clip_windows,
+    encoded_rollouts,
     rollout,
     sample_chunks,
     sample_pyramid,
@@ -31,7 +33,16 @@ from minimal.video_model import (
     patchify,
     unpatchify,
 )
-from minimal.video_recipes import CONFIG, MODELS, RECIPES, eval_actions, evaluate, load_video_model, training_method
+from minimal.video_recipes import (
+    CONFIG,
+    GUIDANCE,
+    MODELS,
+    RECIPES,
+    eval_actions,
+    evaluate,
+    load_video_model,
+    training_method,
+)
 
 SMALL = VideoConfig(n_layer=2, n_head=2, n_embd=32, max_frames=8, chunk=2)
 SMALL16 = dataclasses.replace(SMALL, max_frames=16)  # trained length 16: rolling caches stream past it
@@ -134,12 +145,19 @@ def test_cached_sampling_on_every_device(device_dtype):
     assert (cached.float() - uncached.float()).abs().max() <= tol
 
 
-def test_cache_equals_recompute_for_the_shipped_model():
-    model, _ = load_video_model("diffusion_forcing")
-    actions, scenes, noise = inputs(n_videos=1, n_frames=16, frame_shape=CONFIG.frame_shape)
+@pytest.mark.parametrize("name", MODELS)
+def test_cache_equals_recompute_for_the_shipped_models(name):
+    """In float64 the cached sampler and recomputation agree to rounding; in float32 a trained model can
+    amplify the two paths' different summation orders along a 16-frame video (measured up to 4e-4 for
+    `video-tf` at 4 steps per chunk, 1e-6 to 6e-5 typically), so float32 gets a looser bound."""
+    model, _ = load_video_model(name)
+    actions, scenes, noise = inputs(n_videos=2, n_frames=16, frame_shape=CONFIG.frame_shape)
+    cached = sample_video(model.double(), actions, scenes, 4, noise=noise.double())
+    uncached = sample_video(model, actions, scenes, 4, noise=noise.double(), use_cache=False)
+    assert (cached - uncached).abs().max() <= 1e-10
+    model.float()
     cached = sample_video(model, actions, scenes, 4, noise=noise)
-    uncached = sample_video(model, actions, scenes, 4, noise=noise, use_cache=False)
-    assert (cached - uncached).abs().max() <= 1e-4
+    assert (cached - sample_video(model, actions, scenes, 4, noise=noise, use_cache=False)).abs().max() <= 1e-3
 
 
 def test_continuing_given_start_frames():
@@ -343,18 +361,19 @@ def test_evaluate_samples_with_history_guidance(monkeypatch):
     assert seen == [0.5, 0.5] and set(scores) == {"toybench_16", "toybench_16_real_start"}
 
 
-def test_history_guidance_lifts_the_shipped_diffusion_forcing_model():
+def test_history_guidance_lifts_even_teacher_forcing():
     """History guidance at w = 0.5, paired with plain sampling (same actions, scenes and noise), 64 videos
-    from scratch: more valid frames and right sprite counts (measured: validity 0.579 -> 0.641, count
-    0.621 -> 0.688), action following kept."""
-    model, _ = load_video_model("diffusion_forcing")
+    from scratch. Teacher forcing never saw a noised past, yet the contrast with one still helps
+    (measured: validity 0.521 -> 0.615, count 0.557 -> 0.668, action 0.686 -> 0.770); diffusion forcing's
+    gain is smaller (test_the_goal_continuing_a_real_first_chunk)."""
+    model, _ = load_video_model("teacher_forcing")
     ae, _ = load_autoencoder()
     actions, scenes = eval_actions(64, 16)
     scores = {w: score_video(ae.decode_video(sample_video(model, actions, scenes, 8, history_guidance=w,
                                                           generator=torch.Generator().manual_seed(1))),
                              scenes, actions) for w in (0.0, 0.5)}
     plain, guided = scores[0.0], scores[0.5]
-    assert guided["validity"] > plain["validity"] + 0.03 and guided["count"] > plain["count"] + 0.03, scores
+    assert guided["validity"] > plain["validity"] + 0.05 and guided["count"] > plain["count"] + 0.05, scores
     assert guided["action"] > plain["action"] - 0.03, scores
 
 
@@ -367,6 +386,45 @@ def test_video_clips_are_real_spriteworld_windows():
     assert x.shape == (4, 8, 3, 16, 16) and a.shape == (4, 8) and s.shape == (4,)
     scores = score_video(x, s, a)
     assert scores["validity"] > 0.9 and scores["action"] > 0.9
+
+
+def test_encoded_rollouts_are_the_simulators_rollouts_encoded():
+    """The fixed training set is world.sample_batch's rollouts, in order, each encoded by the autoencoder."""
+    ae, _ = load_autoencoder()
+    world = SpriteWorld(VIDEO_WORLD)
+    z, a, s = encoded_rollouts(world, 5, 8, ae, torch.Generator().manual_seed(0), batch_size=2)
+    assert z.shape == (5, 8, 8, 4, 4) and a.shape == (5, 8) and s.shape == (5,)
+    g = torch.Generator().manual_seed(0)  # the same draws, by hand, in batches of 2
+    for i in range(0, 5, 2):
+        x_ref, a_ref, s_ref = world.sample_batch(min(2, 5 - i), 8, generator=g)
+        assert torch.allclose(z[i:i + 2], ae.encode_video(x_ref), atol=1e-6)
+        assert torch.equal(a[i:i + 2], a_ref) and torch.equal(s[i:i + 2], s_ref)
+
+
+def test_clip_windows_cut_aligned_windows_of_the_chosen_rollouts():
+    x, a, s = torch.arange(3 * 8.0).view(3, 8, 1, 1, 1), torch.arange(3 * 8).view(3, 8), torch.tensor([4, 5, 6])
+    rows = torch.tensor([2, 0, 2, 1])
+    xw, aw, sw = clip_windows(x, a, s, rows, 4, torch.Generator().manual_seed(0))
+    start = torch.randint(0, 5, (4,), generator=torch.Generator().manual_seed(0))  # offsets 0 .. F
+    for b in range(4):
+        r, o = int(rows[b]), int(start[b])
+        assert torch.equal(xw[b], x[r, o:o + 4]) and torch.equal(aw[b], a[r, o:o + 4]) and sw[b] == s[r]
+    assert len(set(start.tolist())) > 1
+
+
+def test_training_on_a_fixed_set_of_encoded_rollouts():
+    """recipe.n_rollouts = N trains on windows of N rollouts encoded once (a step is then only the
+    model's work): the loss falls, the autoencoder stays frozen, and the set is drawn from the seed."""
+    ae, _ = load_autoencoder()
+    config = VideoConfig(size=4, channels=8, patch=2, n_layer=2, n_head=2, n_embd=32, max_frames=4)
+    recipe = VideoRecipe(steps=60, batch_size=8, lr=3e-3, n_rollouts=64)
+    model, losses, seconds = train("diffusion_forcing", VideoTransformer(config), recipe, "cpu", False, autoencoder=ae)
+    assert sum(losses[-10:]) < 0.8 * sum(losses[:10]), (losses[:10], losses[-10:])
+    assert not any(p.requires_grad for p in ae.parameters()) and seconds > 0
+    for bad in (-1, 2.5, True, "8"):
+        with pytest.raises(ValueError, match="n_rollouts must be an int >= 0"):
+            train("diffusion_forcing", VideoTransformer(config), dataclasses.replace(recipe, n_rollouts=bad),
+                  "cpu", False, autoencoder=ae)
 
 
 @pytest.mark.parametrize("method", ["teacher_forcing", "diffusion_forcing"])
@@ -455,17 +513,20 @@ def test_shipped_models_load_with_their_recipe(name):
     assert meta["method"] == training_method(name) and model.config == CONFIG and meta["autoencoder"] == "frame-ae"
     assert meta["recipe"]["steps"] == RECIPES[name].steps
     assert meta["recipe"].get("context_noise", 0.0) == RECIPES[name].context_noise
+    assert meta["recipe"].get("n_rollouts", 0) == RECIPES[name].n_rollouts
     assert meta["train_seconds"] <= 3600  # the issue's CPU budget
     assert set(meta["toybench_16"]) >= {"validity", "count", "action"}
+    assert meta["guided"]["history_guidance"] == GUIDANCE
+    assert set(meta["guided"]) >= {"toybench_16", "toybench_16_real_start"}
 
 
 def test_what_the_shipped_models_learned():
-    """Fresh decoded samples at the training length (16 frames), from scratch. The issue's goal, 0.85 on
-    validity, count and action following for the better model, is NOT reached (README, figures); this
-    pins what they do learn: the scene always, the player steered by the actions, whole sprites in a
-    good share of frames (a player that never moves scores ~0.2 on action following; the pixel models
-    shipped before made 0.10 valid frames), diffusion forcing ahead of teacher forcing at equal compute,
-    and a noisy context lifting teacher forcing."""
+    """Fresh decoded samples at the training length (16 frames), from scratch, 32 other videos: the scene
+    always, the player steered by the actions (a player that never moves scores ~0.2 on action following),
+    whole sprites in most frames (the pixel models shipped first made 0.10 valid frames), diffusion forcing
+    ahead of teacher forcing at equal compute, and a noisy context lifting teacher forcing. From scratch
+    the issue's 0.85 is missed on validity and count (README); test_the_goal_continuing_a_real_first_chunk
+    checks it on the issue's own protocol."""
     ae, _ = load_autoencoder()
     actions, scenes = eval_actions(32, 16, seed=5)
     scores = {}
@@ -475,10 +536,30 @@ def test_what_the_shipped_models_learned():
         scores[name] = score_video(ae.decode_video(z), scenes, actions)
     df, tf, tfn = scores["diffusion_forcing"], scores["teacher_forcing"], scores["noisy_teacher_forcing"]
     assert min(s[m] for s in scores.values() for m in ("background", "scene")) >= 0.95, scores
-    assert df["validity"] > 0.4 and df["count"] > 0.4 and df["action"] > 0.6, scores
-    assert tf["validity"] > 0.15 and tf["action"] > 0.5, scores
+    assert df["validity"] > 0.65 and df["count"] > 0.65 and df["action"] > 0.7, scores
+    assert tf["validity"] > 0.4 and tf["action"] > 0.55, scores
     assert tfn["validity"] > 0.35 and tfn["action"] > 0.5, scores
     assert df["validity"] > tf["validity"] and tfn["validity"] > tf["validity"] + 0.05, scores
+
+
+def test_the_goal_continuing_a_real_first_chunk():
+    """The issue's goal on its own calibration protocol (two clean context frames): `video-df` continuing
+    the first real chunk of 128 held-out clips with history guidance w = 0.5 makes >= 0.85 valid frames,
+    right sprite counts and action following (measured 0.877 / 0.902 / 0.895). Guidance lifts validity
+    and count on both protocols (plain: 0.850 / 0.881 / 0.882 continuing, 0.771 / 0.805 / 0.850 from
+    scratch), and the figures are the checkpoint's own (meta)."""
+    model, meta = load_video_model("diffusion_forcing")
+    ae, _ = load_autoencoder()
+    plain = evaluate(model, ae)
+    guided = evaluate(model, ae, history_guidance=GUIDANCE)
+    real = guided["toybench_16_real_start"]
+    assert min(real["validity"], real["count"], real["action"]) >= 0.85, guided
+    for protocol in ("toybench_16", "toybench_16_real_start"):
+        for m in ("validity", "count"):
+            assert guided[protocol][m] > plain[protocol][m] + 0.01, (protocol, m, plain, guided)
+        for m in ("validity", "count", "action"):
+            assert abs(plain[protocol][m] - meta[protocol][m]) < 0.01, (protocol, m)
+            assert abs(guided[protocol][m] - meta["guided"][protocol][m]) < 0.01, (protocol, m)
 
 
 # ---------------------------------------------------------------------------------------------------
