@@ -20,6 +20,7 @@ BENCHMARKS = {
     "sinks": "minimal.sinks:bench",
     "flows": "minimal.flow_bench:bench",
     "flows-weight": "minimal.flow_bench:bench_weight",
+    "flows-residual": "minimal.flow_bench:bench_residual",
     "video": "minimal.video_bench:bench",
 }
 

@@ -19,8 +19,19 @@ Training regresses u_theta onto the stop-gradient target
 with v = e - x the conditional velocity, (r, t) from two logit-normal draws (t = max, r = min) and a
 fraction of pairs forced to r = t (plain flow matching), and the adaptive weight
 L = Delta / sg((Delta + c)^p), Delta the per-sample squared error. The network is conditioned on
-(t, h = t - r). Classifier-free guidance can be baked into the target, v~ = w v + (1 - w) u(z, t, t | null),
-so guided sampling still costs one evaluation.
+(t, h = t - r).
+
+The residual form (`residual=True`) reads the identity the other way round: the compound velocity
+
+    V = u_theta(z_t, r, t) + (t - r) du/dt  should equal  v(z_t, t) = E[e - x | z_t],
+
+so it regresses V onto e - x with the gradient through the JVP too: a plain regression whose minimiser
+is the true u, instead of a fit to a target that moves with the network. Its JVP runs along the model's
+own velocity u_theta(z, t, t), detached: along e - x, V would not be a function of z alone and the
+squared error would also shrink the variance of (I - (t - r) d_z u)(e - x), a bias.
+
+Classifier-free guidance can be baked into the target, v~ = w v + (1 - w) u(z, t, t | null), so guided
+sampling still costs one evaluation.
 
 Forward-mode AD: PyTorch's fused attention kernels have no JVP rule, so the JVP runs under the math
 backend of scaled_dot_product_attention (`sdpa_kernel(SDPBackend.MATH)`).
@@ -60,9 +71,9 @@ def sample_r_t(n: int, ratio_neq: float = 0.25, dist: str = "logit_normal", mu: 
     return torch.where(equal, t, r), t
 
 
-def mean_flow_target(net: nn.Module, z: torch.Tensor, r: torch.Tensor, t: torch.Tensor, v: torch.Tensor,
+def total_derivative(net: nn.Module, z: torch.Tensor, r: torch.Tensor, t: torch.Tensor, v: torch.Tensor,
                      y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """u_theta(z, r, t) (differentiable) and u_tgt = v - (t - r) du/dt (detached).
+    """u_theta(z, r, t) and du/dt = v . d_z u + d_t u, both with their graph to the weights.
 
     du/dt is one forward-mode JVP of (z, r, t) -> u_theta(z, t, h = t - r) with tangents (v, 0, 1).
     """
@@ -74,18 +85,30 @@ def mean_flow_target(net: nn.Module, z: torch.Tensor, r: torch.Tensor, t: torch.
         return net(z_, t_, t_ - r_, y)
 
     with sdpa_kernel(SDPBackend.MATH):  # the fused attention kernels have no forward-mode AD rule
-        u, dudt = jvp(u_fn, (z, r, t), (v, torch.zeros_like(r), torch.ones_like(t)))
+        return jvp(u_fn, (z, r, t), (v, torch.zeros_like(r), torch.ones_like(t)))
+
+
+def mean_flow_target(net: nn.Module, z: torch.Tensor, r: torch.Tensor, t: torch.Tensor, v: torch.Tensor,
+                     y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """u_theta(z, r, t) (differentiable) and u_tgt = v - (t - r) du/dt (detached): the paper's target."""
+    u, dudt = total_derivative(net, z, r, t, v, y)
     u_tgt = v - expand_time(t - r, z) * dudt
     return u, u_tgt.detach()
 
 
 def mean_flow_loss(net: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None, ratio_neq: float = 0.25,
                    p: float = 1.0, c: float = 1e-3, dist: str = "logit_normal", mu: float = -0.4,
-                   sigma: float = 1.0, cfg_w: float = 1.0, generator=None) -> torch.Tensor:
+                   sigma: float = 1.0, cfg_w: float = 1.0, residual: bool = False, generator=None) -> torch.Tensor:
     """The MeanFlow loss on data x (B, ...); with cfg_w != 1 the guided velocity v~ replaces v.
 
+    residual=False is the paper's: regress u onto sg(u_tgt), the JVP taken along v = e - x.
+    residual=True regresses the compound velocity V = u + (t - r) du/dt onto v = e - x with the gradient
+    through the JVP too, the JVP taken along the model's own velocity u(z, t, t) (detached): the identity
+    says V = E[e - x | z], so its residual is a plain regression whose minimiser is the true u.
     For guidance, y must already carry some "no label" entries (label dropout) so u(., null) is learned.
     """
+    if not isinstance(residual, bool):
+        raise TypeError(f"residual must be a bool, got {type(residual).__name__}")
     e = torch.randn(x.shape, generator=generator, device=x.device)
     r, t = sample_r_t(x.shape[0], ratio_neq, dist, mu, sigma, generator, x.device)
     z = interpolate(x, e, t)
@@ -96,8 +119,16 @@ def mean_flow_loss(net: nn.Module, x: torch.Tensor, y: torch.Tensor | None = Non
         with torch.no_grad():  # v~ = w v + (1 - w) u(z, t, t | null)
             v_null = net(z, t, torch.zeros_like(t), None)
         v = cfg_w * v + (1 - cfg_w) * v_null
-    u, u_tgt = mean_flow_target(net, z, r, t, v, y)
-    delta = ((u - u_tgt) ** 2).flatten(1).sum(1)  # (B,) per-sample squared error
+    if not residual:
+        u, u_tgt = mean_flow_target(net, z, r, t, v, y)
+        delta = ((u - u_tgt) ** 2).flatten(1).sum(1)  # (B,) per-sample squared error
+    else:
+        with torch.no_grad():  # the model's own (guided) velocity: the direction of the path through z
+            v_model = net(z, t, torch.zeros_like(t), y)
+            if cfg_w != 1.0:
+                v_model = cfg_w * v_model + (1 - cfg_w) * v_null
+        u, dudt = total_derivative(net, z, r, t, v_model, y)
+        delta = ((u + expand_time(t - r, z) * dudt - v) ** 2).flatten(1).sum(1)  # (B,) ||V - v||^2
     return adaptive_weight_loss(delta, p, c)
 
 
