@@ -19,7 +19,7 @@ term is for the sprites: a 4 x 4 sprite is 6% of a frame, and the plain mean lef
 in 21% of frames (78% reconstructed exactly after 3000 steps, against 99.8% with the term after
 6000). A generator working here only has to find the right neighbourhood; the decoder draws the pixels.
 
-The video models (diffusion_forcing.py) see clips through encode_video / decode_video, which fold the
+The video models (diffusion_forcing.py, video_sampling.py) see clips through encode_video / decode_video, which fold the
 frame axis (B, F, ...) into the batch.
 """
 

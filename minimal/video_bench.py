@@ -2,7 +2,7 @@
 
 Side by side up to 64 frames, runs interleaved: the rolling frame cache (window = the 16 trained frames,
 without and with sink frames), the re-encoding sliding window, a growing 64-frame KV cache, and
-recomputing the whole past at every denoising step (diffusion_forcing.sample_chunks' `cache` options).
+recomputing the whole past at every denoising step (video_sampling.sample_chunks' `cache` options).
 """
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ from dataclasses import asdict
 
 import torch
 
-from .diffusion_forcing import sample_chunks
 from .timing import Timer, percentile, resolve_device
 from .video_model import VideoConfig, VideoTransformer
 from .video_recipes import CONFIG
+from .video_sampling import sample_chunks
 
 
 def chunk_latencies(model, n_frames: int, cache="static", n_sink: int = 0, steps: int = 8, device=None) -> list[float]:

@@ -16,8 +16,9 @@ import torch
 from .autoencoder import FrameAutoencoder, load_autoencoder
 from .checkpoints import load_pretrained, save_checkpoint
 from .data import ACTIONS, VIDEO_WORLD, SpriteWorld
-from .diffusion_forcing import VideoRecipe, sample_video, train, video_clips
+from .diffusion_forcing import VideoRecipe, train, video_clips
 from .video_model import VideoConfig, VideoTransformer
+from .video_sampling import sample_video
 
 # The shipped models work on frame-ae's latents (8, 4, 4): patch 2 gives P = 4 tokens per frame, a
 # 64-token 16-frame clip, against 256 tokens for 16 x 16 pixels at patch 4. toybench at 16 frames, 128

@@ -12,10 +12,6 @@ from minimal.diffusion_forcing import (
     VideoRecipe,
     clip_windows,
     encoded_rollouts,
-    rollout,
-    sample_chunks,
-    sample_pyramid,
-    sample_video,
     teacher_forcing_mask,
     train,
     video_clips,
@@ -43,6 +39,7 @@ from minimal.video_recipes import (
     load_video_model,
     training_method,
 )
+from minimal.video_sampling import rollout, sample_chunks, sample_pyramid, sample_video
 
 SMALL = VideoConfig(n_layer=2, n_head=2, n_embd=32, max_frames=8, chunk=2)
 SMALL16 = dataclasses.replace(SMALL, max_frames=16)  # trained length 16: rolling caches stream past it
