@@ -7,8 +7,9 @@ of the same size (no generator can beat it by more than chance). `python -m mini
 trains the MeanFlow recipe with r = t everywhere (pure flow matching) with and without the adaptive weight.
 
 `python -m minimal.train flow-frames` / `mean-flow-frames`: the same `FrameUNet`, conditioned on the
-scene label, trained on single 16 x 16 SpriteWorld frames with each method; quality is the fraction
-of generated frames that pass `toybench.sprite_validity` for their scene.
+scene label, trained on single 16 x 16 SpriteWorld frames with each method (MeanFlow: fine-tuned from
+`flow-frames` by interval splitting, with `flow-frames` as the teacher); quality is the fraction of
+generated frames that pass `toybench.sprite_validity` for their scene.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from .flow_matching import (
     fm_loss,
     sliced_wasserstein,
 )
-from .mean_flow import mean_flow_loss, mean_flow_sample
+from .mean_flow import mean_flow_loss, mean_flow_sample, split_loss
 from .timing import measure, resolve_device
 from .toybench import sprite_validity
 
@@ -61,17 +62,27 @@ class TrainRecipe:
     p: float = 1.0  # MeanFlow: adaptive-weight power
     t_dist: str = "logit_normal"  # MeanFlow: the distribution of the two time draws
     residual: bool = False  # MeanFlow: regress V = u + (t - r) du/dt with the gradient through the JVP
+    split: bool = False  # MeanFlow: train u by interval splitting (`split_loss`) instead of the JVP identity
+    distill: bool = False  # MeanFlow: the flow-matching teacher's velocity replaces e - x
     seed: int = 0
 
 
 def train(method: str, net: torch.nn.Module, data, recipe: TrainRecipe, device=None, progress: bool = True,
-          desc: str = "") -> tuple[torch.nn.Module, list[float], float]:
+          desc: str = "", teacher: torch.nn.Module | None = None) -> tuple[torch.nn.Module, list[float], float]:
     """Train net with `method`; data(batch_size, generator) -> (x, y). Returns (EMA net, losses, seconds).
 
     AdamW with a cosine learning-rate decay; the loss of each method is the only difference.
+    A recipe with `distill` needs the flow-matching `teacher`.
     """
     check_method(method)
+    if recipe.distill != (teacher is not None):
+        raise ValueError(f"a teacher is needed exactly when recipe.distill is True, got distill={recipe.distill} "
+                         f"and teacher={'a network' if teacher is not None else None}")
+    if recipe.split and recipe.residual:
+        raise ValueError("recipe.split and recipe.residual are two different MeanFlow losses: set at most one")
     device = resolve_device(device)
+    if teacher is not None:
+        teacher = teacher.to(device).eval().requires_grad_(False)
     g = torch.Generator().manual_seed(recipe.seed)
     torch.manual_seed(recipe.seed)
     net = net.to(device).train()
@@ -84,9 +95,11 @@ def train(method: str, net: torch.nn.Module, data, recipe: TrainRecipe, device=N
         x, y = x.to(device), None if y is None else y.to(device)
         if method == "flow_matching":
             loss = fm_loss(net, x, y, generator=None)
+        elif recipe.split:
+            loss = split_loss(net, x, y, ratio_neq=recipe.ratio_neq, p=recipe.p, dist=recipe.t_dist, teacher=teacher)
         else:
             loss = mean_flow_loss(net, x, y, ratio_neq=recipe.ratio_neq, p=recipe.p, dist=recipe.t_dist,
-                                  residual=recipe.residual)
+                                  residual=recipe.residual, teacher=teacher)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -248,9 +261,10 @@ def bench_residual(device=None, quick: bool = False):
 # ---------------------------------------------------------------------------------------------------
 
 FRAME_WORLD = dict(size=16, n_sprites=2, sprite_size=4)
-FRAME_RECIPES = {  # MeanFlow starts from the flow-matching weights (MeanFlow's own advice for stability)
+FRAME_RECIPES = {  # MeanFlow starts from the flow-matching weights and learns from them as its teacher
     "flow_matching": TrainRecipe(steps=4000, batch_size=64, lr=1e-3, ema=0.995),
-    "mean_flow": TrainRecipe(steps=1500, batch_size=64, lr=3e-4, ema=0.995, ratio_neq=0.5),
+    "mean_flow": TrainRecipe(steps=3000, batch_size=64, lr=3e-4, ema=0.995, ratio_neq=0.75, p=0.0, t_dist="uniform",
+                             split=True, distill=True),
 }
 FRAME_CHECKPOINTS = {"flow_matching": "flow-frames", "mean_flow": "mean-flow-frames"}
 
@@ -302,12 +316,16 @@ def real_frame_validity(n: int = 400, seed: int = 0) -> float:
 def train_frames(method: str, out=None, device=None, steps: int | None = None) -> dict:
     """Train (MeanFlow: fine-tune the shipped flow-frames) and save minimal/pretrained/<name>.pt."""
     recipe = replace(FRAME_RECIPES[check_method(method)], **({} if steps is None else {"steps": steps}))
+    teacher = None
     if method == "mean_flow":
         net, _ = load_pretrained(FRAME_CHECKPOINTS["flow_matching"], FrameUNet, FrameUNetConfig)
+        if recipe.distill:
+            teacher, _ = load_pretrained(FRAME_CHECKPOINTS["flow_matching"], FrameUNet, FrameUNetConfig)
     else:
         torch.manual_seed(recipe.seed)  # the initial weights too (train seeds only its own draws)
         net = FrameUNet(FrameUNetConfig())
-    net, losses, seconds = train(method, net, frames, recipe, device, desc=FRAME_CHECKPOINTS[method])
+    net, losses, seconds = train(method, net, frames, recipe, device, desc=FRAME_CHECKPOINTS[method],
+                                 teacher=teacher)
     nfes = (1, 2, 4, 8, 32) if method == "flow_matching" else (1, 2, 4)
     validity = {str(k): frame_validity(method, net, k) for k in nfes}
     meta = {"recipe": asdict(recipe), "world": FRAME_WORLD, "train_seconds": seconds, "validity": validity,

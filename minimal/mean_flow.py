@@ -30,6 +30,20 @@ is the true u, instead of a fit to a target that moves with the network. Its JVP
 own velocity u_theta(z, t, t), detached: along e - x, V would not be a function of z alone and the
 squared error would also shrink the variance of (I - (t - r) d_z u)(e - x), a bias.
 
+Distillation (`teacher=`): a trained flow-matching network v_T(z, t) estimates v(z_t, t) = E[e - x | z_t]
+itself, so it replaces the single-pair e - x as the target and as the JVP's tangent. The loss then has
+no sampling noise at all, and its fixed point is the average velocity of the teacher's ODE.
+
+Interval splitting (`split_loss`, no JVP): the integral defining u is additive over [r, s] + [s, t],
+
+    (t - r) u(z_t, r, t) = (t - s) u(z_t, s, t) + (s - r) u(z_s, r, s),   z_s = z_t - (t - s) u(z_t, s, t),
+
+so u on an interval is regressed onto two jumps of half its length (s = (r + t) / 2), and u(z, t, t)
+onto v. Letting s -> t recovers the identity above. With halving, a jump learns from jumps half as
+long, so what the short jumps know reaches the full jump through a chain of doublings instead of being
+carried along t in small increments. (SplitMeanFlow, Guo et al. 2025; the shortcut models of Frans et al. 2024 split the
+same way.)
+
 Classifier-free guidance can be baked into the target, v~ = w v + (1 - w) u(z, t, t | null), so guided
 sampling still costs one evaluation.
 
@@ -98,7 +112,8 @@ def mean_flow_target(net: nn.Module, z: torch.Tensor, r: torch.Tensor, t: torch.
 
 def mean_flow_loss(net: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None, ratio_neq: float = 0.25,
                    p: float = 1.0, c: float = 1e-3, dist: str = "logit_normal", mu: float = -0.4,
-                   sigma: float = 1.0, cfg_w: float = 1.0, residual: bool = False, generator=None) -> torch.Tensor:
+                   sigma: float = 1.0, cfg_w: float = 1.0, residual: bool = False, teacher=None,
+                   generator=None) -> torch.Tensor:
     """The MeanFlow loss on data x (B, ...); with cfg_w != 1 the guided velocity v~ replaces v.
 
     residual=False is the paper's: regress u onto sg(u_tgt), the JVP taken along v = e - x.
@@ -106,30 +121,64 @@ def mean_flow_loss(net: nn.Module, x: torch.Tensor, y: torch.Tensor | None = Non
     through the JVP too, the JVP taken along the model's own velocity u(z, t, t) (detached): the identity
     says V = E[e - x | z], so its residual is a plain regression whose minimiser is the true u.
     For guidance, y must already carry some "no label" entries (label dropout) so u(., null) is learned.
+    With a flow-matching `teacher`, its (guided) velocity v_T(z_t, t) replaces e - x, as the target and
+    as the tangent of both forms (distillation).
     """
     if not isinstance(residual, bool):
         raise TypeError(f"residual must be a bool, got {type(residual).__name__}")
+    if teacher is not None and not callable(teacher):
+        raise TypeError(f"teacher must be a flow-matching network v(z, t, h, y) or None, got {type(teacher).__name__}")
+    if cfg_w != 1.0 and y is None:
+        raise ValueError("cfg_w != 1 needs class labels y")
     e = torch.randn(x.shape, generator=generator, device=x.device)
     r, t = sample_r_t(x.shape[0], ratio_neq, dist, mu, sigma, generator, x.device)
     z = interpolate(x, e, t)
-    v = e - x
-    if cfg_w != 1.0:
-        if y is None:
-            raise ValueError("cfg_w != 1 needs class labels y")
-        with torch.no_grad():  # v~ = w v + (1 - w) u(z, t, t | null)
-            v_null = net(z, t, torch.zeros_like(t), None)
-        v = cfg_w * v + (1 - cfg_w) * v_null
+    guide = teacher if teacher is not None else net  # whose u(z, t, t | null) guides; v_null: (B, ...)
+    with torch.no_grad():
+        v = e - x if teacher is None else teacher(z, t, torch.zeros_like(t), y)
+        if cfg_w != 1.0:  # v~ = w v + (1 - w) u(z, t, t | null)
+            v_null = guide(z, t, torch.zeros_like(t), None)
+            v = cfg_w * v + (1 - cfg_w) * v_null
     if not residual:
         u, u_tgt = mean_flow_target(net, z, r, t, v, y)
         delta = ((u - u_tgt) ** 2).flatten(1).sum(1)  # (B,) per-sample squared error
     else:
-        with torch.no_grad():  # the model's own (guided) velocity: the direction of the path through z
-            v_model = net(z, t, torch.zeros_like(t), y)
-            if cfg_w != 1.0:
-                v_model = cfg_w * v_model + (1 - cfg_w) * v_null
+        if teacher is not None:
+            v_model = v  # the teacher's velocity is already a function of z alone
+        else:
+            with torch.no_grad():  # the model's own (guided) velocity: the direction of the path through z
+                v_model = net(z, t, torch.zeros_like(t), y)
+                if cfg_w != 1.0:
+                    v_model = cfg_w * v_model + (1 - cfg_w) * v_null
         u, dudt = total_derivative(net, z, r, t, v_model, y)
         delta = ((u + expand_time(t - r, z) * dudt - v) ** 2).flatten(1).sum(1)  # (B,) ||V - v||^2
     return adaptive_weight_loss(delta, p, c)
+
+
+def split_loss(net: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None, ratio_neq: float = 0.75,
+               p: float = 0.0, c: float = 1e-3, dist: str = "uniform", teacher=None, generator=None) -> torch.Tensor:
+    """Interval splitting on data x (B, ...): regress u(z_t, r, t) onto sg of two half-jumps,
+
+        u_tgt = [(t - s) u(z_t, s, t) + (s - r) u(z_s, r, s)] / (t - r),   s = (r + t) / 2,
+
+    and onto v at r = t: e - x, or with a flow-matching `teacher` its velocity v_T(z_t, t) (distillation).
+    """
+    if teacher is not None and not callable(teacher):
+        raise TypeError(f"teacher must be a flow-matching network v(z, t, h, y) or None, got {type(teacher).__name__}")
+    e = torch.randn(x.shape, generator=generator, device=x.device)
+    r, t = sample_r_t(x.shape[0], ratio_neq, dist, generator=generator, device=x.device)
+    z = interpolate(x, e, t)
+    with torch.no_grad():
+        s = (r + t) / 2
+        u_ts = net(z, t, t - s, y)  # the jump t -> s
+        z_s = z - expand_time(t - s, z) * u_ts
+        u_sr = net(z_s, s, s - r, y)  # then s -> r
+        gap = expand_time((t - r).clamp_min(1e-6), z)  # the pairs with r = t get v below
+        u_tgt = (expand_time(t - s, z) * u_ts + expand_time(s - r, z) * u_sr) / gap
+        v = e - x if teacher is None else teacher(z, t, torch.zeros_like(t), y)
+        u_tgt = torch.where(expand_time(r == t, z), v, u_tgt)
+    u = net(z, t, t - r, y)
+    return adaptive_weight_loss(((u - u_tgt) ** 2).flatten(1).sum(1), p, c)
 
 
 def adaptive_weight_loss(delta: torch.Tensor, p: float = 1.0, c: float = 1e-3) -> torch.Tensor:

@@ -10,7 +10,17 @@ from torch.func import jvp
 
 from minimal import bench, train
 from minimal.checkpoints import load_checkpoint, load_pretrained
-from minimal.flow_bench import RECIPES_2D, evaluate_2d, frame_validity, frames, real_frame_validity, sample
+from minimal.flow_bench import (
+    RECIPES_2D,
+    TrainRecipe,
+    checkerboard,
+    evaluate_2d,
+    frame_validity,
+    frames,
+    real_frame_validity,
+    sample,
+)
+from minimal.flow_bench import train as flow_train
 from minimal.flow_matching import (
     FlowMLP,
     FlowMLPConfig,
@@ -30,6 +40,7 @@ from minimal.mean_flow import (
     mean_flow_sample,
     mean_flow_target,
     sample_r_t,
+    split_loss,
     total_derivative,
 )
 
@@ -165,6 +176,49 @@ def test_compound_velocity_is_v_for_gaussian_data():
     r, t = random_interval(256, g)
     u, dudt = total_derivative(analytic_u, z, r, t, analytic_u(z, t, torch.zeros_like(t)))
     assert (u + (t - r)[:, None] * dudt - gaussian_velocity(z, t, M, S)).abs().max() < 1e-10
+
+
+def test_distillation_removes_the_sampling_noise():
+    """With the marginal velocity as teacher, both forms' loss vanishes at the exact u; with e - x the
+    paper's target carries the noise of a single pair, so its loss at the exact u does not."""
+    x = M + S * torch.randn(512, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+
+    def loss(**kw):
+        return mean_flow_loss(analytic_u, x, ratio_neq=0.75, p=0.0, dist="uniform",
+                              generator=torch.Generator().manual_seed(1), **kw).item()
+
+    assert loss(teacher=analytic_v) < 1e-10 and loss(teacher=analytic_v, residual=True) < 1e-10
+    assert loss() > 0.1
+
+
+def test_split_loss_vanishes_at_the_exact_u():
+    """The exact average velocity is additive over split intervals: with the marginal velocity as
+    teacher, the splitting loss is 0 at the analytic u; with e - x at r = t it is not."""
+    x = M + S * torch.randn(512, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+
+    def loss(**kw):
+        return split_loss(analytic_u, x, generator=torch.Generator().manual_seed(1), **kw).item()
+
+    assert loss(teacher=analytic_v) < 1e-10 and loss() > 0.1
+
+
+def test_split_loss_gradient_by_hand():
+    """p = 0, u = a z + b t + c h: the target is the average of two half-jumps (v = e - x at r = t), detached."""
+    net, x = Linear(), torch.randn(64, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    loss = split_loss(net, x, generator=torch.Generator().manual_seed(1))
+    grads = torch.autograd.grad(loss, [net.a, net.b, net.c])
+    g = torch.Generator().manual_seed(1)
+    e = torch.randn(x.shape, generator=g).double()
+    r, t = (q.double()[:, None] for q in sample_r_t(64, 0.75, "uniform", generator=g))
+    a, b, c = net.a.detach(), net.b.detach(), net.c.detach()
+    z, s = (1 - t) * x + t * e, (r + t) / 2
+    u_ts = a * z + b * t + c * (t - s)
+    u_sr = a * (z - (t - s) * u_ts) + b * s + c * (s - r)
+    target = torch.where(r == t, e - x, (u_ts + u_sr) / 2)
+    err = a * z + b * t + c * (t - r) - target
+    expected = [(2 * err * d).sum(1).mean() for d in (z, t.expand_as(z), (t - r).expand_as(z))]
+    assert (r == t).any() and (r < t).any()
+    assert all(torch.allclose(g_, e_) for g_, e_ in zip(grads, expected, strict=True))
 
 
 class Linear(torch.nn.Module):
@@ -304,6 +358,14 @@ def test_bad_input_raises_clear_errors():
         sample_r_t(4, ratio_neq=1.5)
     with pytest.raises(TypeError, match="residual must be a bool"):
         mean_flow_loss(net, z, residual="yes")
+    for loss in (mean_flow_loss, split_loss):
+        with pytest.raises(TypeError, match="teacher must be a flow-matching network"):
+            loss(net, z, teacher="flow-2d")
+    with pytest.raises(ValueError, match="split and recipe.residual"):
+        flow_train("mean_flow", net, checkerboard, TrainRecipe(steps=1, split=True, residual=True), "cpu")
+    for recipe, teacher in ((TrainRecipe(steps=1, distill=True), None), (TrainRecipe(steps=1), net)):
+        with pytest.raises(ValueError, match="teacher is needed exactly when recipe.distill"):
+            flow_train("mean_flow", net, checkerboard, recipe, "cpu", progress=False, teacher=teacher)
     with pytest.raises(ValueError, match="dist"):
         sample_time(4, "gamma")
     with pytest.raises(ValueError, match="width"):
@@ -335,6 +397,14 @@ def test_bench_and_recipes_run_end_to_end(tmp_path, capsys, one_thread):
     result = train.main(["flow-2d", "--steps", "2", "--out", str(tmp_path / "f.pt"), "--device", "cpu"])
     net, meta = load_checkpoint(tmp_path / "f.pt", FlowMLP, FlowMLPConfig)
     assert meta["recipe"]["steps"] == 2 and set(result["sliced_wasserstein"]) == {"1", "2", "4", "8", "32"}
+
+
+def test_mean_flow_frames_recipe_runs_end_to_end(tmp_path, one_thread):
+    """Two steps of the shipped frames recipe: fine-tuned from flow-frames, which is also its teacher."""
+    result = train.main(["mean-flow-frames", "--steps", "2", "--out", str(tmp_path / "m.pt"), "--device", "cpu"])
+    net, meta = load_checkpoint(tmp_path / "m.pt", FrameUNet, FrameUNetConfig)
+    assert meta["recipe"]["split"] and meta["recipe"]["distill"] and meta["init"] == "flow-frames"
+    assert set(result["validity"]) == {"1", "2", "4"} and meta["recipe"]["steps"] == 2
 
 
 def test_the_shipped_2d_models_meet_the_bench_goal():
