@@ -110,6 +110,12 @@ def mean_flow_target(net: nn.Module, z: torch.Tensor, r: torch.Tensor, t: torch.
     return u, u_tgt.detach()
 
 
+def check_teacher(teacher) -> None:
+    """A teacher is a flow-matching network v(z, t, h, y) (any callable with that signature) or None."""
+    if teacher is not None and not callable(teacher):
+        raise TypeError(f"teacher must be a flow-matching network v(z, t, h, y) or None, got {type(teacher).__name__}")
+
+
 def mean_flow_loss(net: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None, ratio_neq: float = 0.25,
                    p: float = 1.0, c: float = 1e-3, dist: str = "logit_normal", mu: float = -0.4,
                    sigma: float = 1.0, cfg_w: float = 1.0, residual: bool = False, teacher=None,
@@ -126,8 +132,7 @@ def mean_flow_loss(net: nn.Module, x: torch.Tensor, y: torch.Tensor | None = Non
     """
     if not isinstance(residual, bool):
         raise TypeError(f"residual must be a bool, got {type(residual).__name__}")
-    if teacher is not None and not callable(teacher):
-        raise TypeError(f"teacher must be a flow-matching network v(z, t, h, y) or None, got {type(teacher).__name__}")
+    check_teacher(teacher)
     if cfg_w != 1.0 and y is None:
         raise ValueError("cfg_w != 1 needs class labels y")
     e = torch.randn(x.shape, generator=generator, device=x.device)
@@ -163,8 +168,7 @@ def split_loss(net: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None, r
 
     and onto v at r = t: e - x, or with a flow-matching `teacher` its velocity v_T(z_t, t) (distillation).
     """
-    if teacher is not None and not callable(teacher):
-        raise TypeError(f"teacher must be a flow-matching network v(z, t, h, y) or None, got {type(teacher).__name__}")
+    check_teacher(teacher)
     e = torch.randn(x.shape, generator=generator, device=x.device)
     r, t = sample_r_t(x.shape[0], ratio_neq, dist, generator=generator, device=x.device)
     z = interpolate(x, e, t)
