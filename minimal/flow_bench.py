@@ -320,7 +320,7 @@ def train_frames(method: str, out=None, device=None, steps: int | None = None) -
     if method == "mean_flow":
         net, _ = load_pretrained(FRAME_CHECKPOINTS["flow_matching"], FrameUNet, FrameUNetConfig)
         if recipe.distill:
-            teacher, _ = load_pretrained(FRAME_CHECKPOINTS["flow_matching"], FrameUNet, FrameUNetConfig)
+            teacher = copy.deepcopy(net)  # frozen by train()
     else:
         torch.manual_seed(recipe.seed)  # the initial weights too (train seeds only its own draws)
         net = FrameUNet(FrameUNetConfig())

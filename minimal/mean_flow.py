@@ -138,23 +138,21 @@ def mean_flow_loss(net: nn.Module, x: torch.Tensor, y: torch.Tensor | None = Non
     e = torch.randn(x.shape, generator=generator, device=x.device)
     r, t = sample_r_t(x.shape[0], ratio_neq, dist, mu, sigma, generator, x.device)
     z = interpolate(x, e, t)
-    guide = teacher if teacher is not None else net  # whose u(z, t, t | null) guides; v_null: (B, ...)
+    zeros = torch.zeros_like(t)
     with torch.no_grad():
-        v = e - x if teacher is None else teacher(z, t, torch.zeros_like(t), y)
-        if cfg_w != 1.0:  # v~ = w v + (1 - w) u(z, t, t | null)
-            v_null = guide(z, t, torch.zeros_like(t), None)
-            v = cfg_w * v + (1 - cfg_w) * v_null
+        guide = teacher if teacher is not None else net  # whose null-label velocity guides
+        v_null = guide(z, t, zeros, None) if cfg_w != 1.0 else None  # (B, ...) or None
+
+        def guided(v_cond):  # v~ = w v + (1 - w) u(z, t, t | null)
+            return v_cond if v_null is None else cfg_w * v_cond + (1 - cfg_w) * v_null
+
+        v = guided(e - x if teacher is None else teacher(z, t, zeros, y))
+        if residual:  # the tangent must be a function of z alone: the teacher's v, or the model's own velocity
+            v_model = v if teacher is not None else guided(net(z, t, zeros, y))
     if not residual:
         u, u_tgt = mean_flow_target(net, z, r, t, v, y)
         delta = ((u - u_tgt) ** 2).flatten(1).sum(1)  # (B,) per-sample squared error
     else:
-        if teacher is not None:
-            v_model = v  # the teacher's velocity is already a function of z alone
-        else:
-            with torch.no_grad():  # the model's own (guided) velocity: the direction of the path through z
-                v_model = net(z, t, torch.zeros_like(t), y)
-                if cfg_w != 1.0:
-                    v_model = cfg_w * v_model + (1 - cfg_w) * v_null
         u, dudt = total_derivative(net, z, r, t, v_model, y)
         delta = ((u + expand_time(t - r, z) * dudt - v) ** 2).flatten(1).sum(1)  # (B,) ||V - v||^2
     return adaptive_weight_loss(delta, p, c)
