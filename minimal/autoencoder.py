@@ -15,9 +15,9 @@ Trained on noisy reconstruction, with n ~ N(0, I) and e = (D(tanh(E(x)) + s n) -
 The noise teaches the decoder that every latent near a frame's code means that frame, so a generated
 latent that lands a little off the codes still decodes to flat palette colours and whole squares, not
 to a blur (Stable Diffusion's decoders get the same robustness from their KL term). The worst-pixel
-term is for the sprites: a 4 x 4 sprite is 6% of a frame, and the plain mean left wrong sprite pixels
-in 21% of frames (78% reconstructed exactly after 3000 steps, against 99.8% with the term after
-6000). A generator working here only has to find the right neighbourhood; the decoder draws the pixels.
+term is for the sprites: a 4 x 4 sprite is 6% of a frame, so the plain mean can leave a wrong sprite pixel
+in many frames at a small cost (docs/results.md has the measured difference). A generator working here
+only has to find the right neighbourhood; the decoder draws the pixels.
 
 The video models (diffusion_forcing.py, video_sampling.py) see clips through encode_video / decode_video, which fold the
 frame axis (B, F, ...) into the batch.
@@ -30,10 +30,12 @@ from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn as nn
+from tqdm.auto import tqdm
 
-from .checkpoints import load_pretrained, save_checkpoint
+from .checkpoints import load_pretrained
 from .data import VIDEO_WORLD, SpriteWorld
 from .timing import resolve_device
+from .training import set_lr, warmup_cosine
 
 
 @dataclass
@@ -136,16 +138,14 @@ class AutoencoderRecipe:
 def train(model: FrameAutoencoder, recipe: AutoencoderRecipe, device=None, progress: bool = True):
     """AdamW with cosine decay on the noisy reconstruction loss; standardises at the end.
     Returns (model, losses, seconds)."""
-    from tqdm.auto import tqdm
-
     device = resolve_device(device)
     g = torch.Generator().manual_seed(recipe.seed)
     torch.manual_seed(recipe.seed)
     model = model.to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, recipe.steps)
     losses, t0 = [], time.perf_counter()
-    for _ in tqdm(range(recipe.steps), desc="autoencoder", disable=not progress):
+    for step in tqdm(range(recipe.steps), desc="autoencoder", disable=not progress):
+        set_lr(opt, warmup_cosine(step, recipe.steps, recipe.lr))
         x = world_frames(recipe.batch_size, g).to(device)
         h = model.raw(x)
         h = h + recipe.latent_noise * torch.randn(h.shape, generator=g).to(h)
@@ -154,29 +154,24 @@ def train(model: FrameAutoencoder, recipe: AutoencoderRecipe, device=None, progr
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        sched.step()
         losses.append(loss.item())
     model.eval().standardise(world_frames(4096, g).to(device))
     return model, losses, time.perf_counter() - t0
 
 
-CHECKPOINT = "frame-ae"
-
-
-def train_autoencoder(out=None, device=None, steps: int | None = None) -> dict:
-    """Train AutoencoderConfig() with AutoencoderRecipe(), save it, and record its reconstruction quality."""
-    recipe = AutoencoderRecipe(**{**asdict(AutoencoderRecipe()), **({"steps": steps} if steps else {})})
+def train_autoencoder(device=None, steps: int | None = None) -> tuple[FrameAutoencoder, dict]:
+    """`python -m minimal.train frame-ae`: AutoencoderRecipe() -> (model, meta with its reconstruction error)."""
+    recipe = AutoencoderRecipe(**{**asdict(AutoencoderRecipe()), **({} if steps is None else {"steps": steps})})
     torch.manual_seed(recipe.seed)  # the initial weights too (train seeds only its own draws)
     model, losses, seconds = train(FrameAutoencoder(), recipe, device)
     x = world_frames(1024, torch.Generator().manual_seed(recipe.seed + 1)).to(next(model.parameters()).device)
     with torch.no_grad():
         x_hat = model.decode(model.encode(x)).cpu()
-    meta = {"recipe": asdict(recipe), "train_seconds": round(seconds, 1),
-            "final_loss": round(sum(losses[-100:]) / len(losses[-100:]), 5),
-            "max_abs_error": round(float((x_hat - x.cpu()).abs().max()), 4)}
-    save_checkpoint(out or f"minimal/pretrained/{CHECKPOINT}.pt", model, meta, half=False)
-    return meta
+    return model, {"recipe": asdict(recipe), "train_seconds": round(seconds, 1),
+                   "final_loss": round(sum(losses[-100:]) / len(losses[-100:]), 5),
+                   "max_abs_error": round(float((x_hat - x.cpu()).abs().max()), 4)}
 
 
 def load_autoencoder(device=None) -> tuple[FrameAutoencoder, dict]:
-    return load_pretrained(CHECKPOINT, FrameAutoencoder, AutoencoderConfig, device)
+    """The shipped `frame-ae` and its meta."""
+    return load_pretrained("frame-ae", device=device)

@@ -8,8 +8,8 @@ chunks of c frames, with an independent flow time t_k ~ U(0, 1) per chunk k, wei
 Since the model returns v = (z - x_hat) / max(t, T_MIN) (video_model.py), for t >= T_MIN the weighted
 error is exactly x_hat - x: the x-prediction loss. The plain v-loss weighs an error in x_hat by 1 / t^2,
 so it spends the network on nearly clean chunks; the x-loss weighs every noise level alike, and the
-hard ones, where the model must invent the next frame, get their share. (On pixels, 1500 steps: action
-following 0.33 with the x-loss, 0.07 without; video_recipes.py has the shipped figures.)
+hard ones, where the model must invent the next frame, get their share (docs/results.md has the
+measured difference).
 
 The frames x are the frame autoencoder's latents (autoencoder.py): `train(..., autoencoder=ae)` encodes
 every clip (or, with `VideoRecipe.n_rollouts`, a fixed set of rollouts once), and a sample is decoded
@@ -43,13 +43,13 @@ import time
 from dataclasses import dataclass
 
 import torch
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from .autoencoder import FrameAutoencoder
 from .data import VIDEO_WORLD, SpriteWorld
 from .flow_matching import interpolate
 from .timing import resolve_device
+from .training import EMA, check_steps, set_lr, warmup_cosine
 from .video_model import (
     T_MIN,
     VideoTransformer,
@@ -167,11 +167,12 @@ class VideoRecipe:
 
 def train(method: str, model: VideoTransformer, recipe: VideoRecipe, device=None, progress: bool = True,
           autoencoder: FrameAutoencoder | None = None):
-    """AdamW, warm-up then cosine decay, on pixel clips or, given a (frozen) autoencoder, on their latents;
-    returns (EMA model, losses, seconds). The clips are windows of fresh rollouts every step or, with
-    recipe.n_rollouts = N, of a fixed set of N rollouts encoded once (then a step is only the model's
-    work; the encoding counts in the seconds)."""
+    """AdamW, a linear warm-up (min(200, steps / 10 + 1) steps) then cosine decay, on pixel clips or, given
+    a (frozen) autoencoder, on their latents; returns (EMA model, losses, seconds). The clips are windows
+    of fresh rollouts every step or, with recipe.n_rollouts = N, of a fixed set of N rollouts encoded once
+    (then a step is only the model's work; the encoding counts in the seconds)."""
     check_method(method)
+    check_steps(recipe.steps)
     check_context_noise(method, recipe.context_noise)
     N = recipe.n_rollouts
     if not isinstance(N, int) or isinstance(N, bool) or N < 0:
@@ -187,14 +188,12 @@ def train(method: str, model: VideoTransformer, recipe: VideoRecipe, device=None
         autoencoder = autoencoder.to(device).eval().requires_grad_(False)
     if N:
         data = encoded_rollouts(world, N, 2 * F, autoencoder, g, device)  # (N, 2F, ...), (N, 2F), (N,)
-    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(recipe.ema))
+    ema = EMA(model, recipe.ema)
     opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=0.0)
     warmup = min(200, recipe.steps // 10 + 1)
-    sched = torch.optim.lr_scheduler.SequentialLR(opt, [
-        torch.optim.lr_scheduler.LinearLR(opt, 0.01, 1.0, warmup),
-        torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, recipe.steps - warmup))], [warmup])
     losses = []
-    for _ in tqdm(range(recipe.steps), desc=method, disable=not progress):
+    for step in tqdm(range(recipe.steps), desc=method, disable=not progress):
+        set_lr(opt, warmup_cosine(step, recipe.steps, recipe.lr, warmup))
         if N:
             x, a, s = clip_windows(*data, torch.randint(0, N, (recipe.batch_size,), generator=g), F, g)
         else:
@@ -206,7 +205,6 @@ def train(method: str, model: VideoTransformer, recipe: VideoRecipe, device=None
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        sched.step()
-        ema.update_parameters(model)
+        ema.update(model)
         losses.append(loss.item())
-    return ema.module.eval(), losses, time.perf_counter() - t0
+    return ema.model, losses, time.perf_counter() - t0

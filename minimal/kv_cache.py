@@ -5,16 +5,35 @@ only sees tokens <= j. Generating n tokens by recomputing the whole prefix every
 sum_{t<=n} O(t) = O(n^2) token-passes (and O(n^3) attention work); keeping every layer's K and V in a
 cache makes each step one token-pass plus an attention read of the cache: O(n) per sequence.
 
-`KVCache` is *static*: one buffer per layer preallocated to a fixed capacity,
+`KVCache` is *static*: one buffer per layer preallocated to a fixed capacity (in tokens),
 k, v: (n_layer, B, H, capacity, D), with `length` valid slots. Appending writes in place, so no tensor is
 reallocated per token (the form CUDA graphs and `torch.compile` need); `crop(n)` rolls back to a shorter
 length (speculative decoding rejects drafted tokens this way) and `reset()` empties it.
 
-The cache protocol the model relies on (later rolling caches implement the same members):
-    length                  number of cached positions, the position of the next token
-    next_positions(T)       positions (T,) of the next T tokens (here length + arange(T))
-    update(layer, k, v)     store the new (B, H, T, D) keys/values, return all keys/values so far
-    advance(T)              after every layer has stored its T new tokens, move `length` on by T
+The cache protocol. A model call with a cache feeds T new tokens through every layer; each attention
+layer hands the cache its new keys and values and attends to what the cache returns; after the last
+layer the model moves the cache on. Every cache in the library (this one, the rolling caches of
+sinks.py and deep_sink.py, the list-based references, the frame caches of the video model) has:
+
+    length                  tokens kept; for this cache also the position of the next token
+    next_positions(T)       positions (T,) of the next T tokens (here length + arange(T)), the RoPE angle
+                            the model gives their queries and keys
+    update(layer, k, v)     store the new (B, H, T, D) keys and values of `layer`; return the keys and values
+                            attention must read, (B, H, T_k, D), the T new ones last when a causal mask is
+                            used (the model builds it from T and T_k after `update`)
+    advance(T)              after every layer has stored its T new tokens, commit them
+
+A cache that decides by itself where each kept key sits (StreamingLLM's rolling cache renumbers the kept
+keys 0..n-1 at every step) keeps keys *before* RoPE and says so; the attention layer then rotates the
+returned keys by their positions:
+
+    stores_raw_keys = True  (absent or False: keys arrive rotated by next_positions and are kept as they are)
+    update(layer, k, v, q)  as above, with raw keys, plus the new tokens' raw queries (B, H, T, D) for
+                            caches that rank keys by the attention they receive (deep_sink.CompressingCache)
+    key_positions()         the position (T_k,) of every key returned by the last `update`
+
+A position may hold several tokens (a video frame's patches share one: `tokens_per_position`); lengths
+count tokens, positions count positions.
 """
 
 from __future__ import annotations
@@ -29,11 +48,13 @@ class KVCache:
     """Preallocated per-layer key/value buffers with a fill length."""
 
     def __init__(self, n_layer: int, batch_size: int, n_head: int, head_dim: int, capacity: int,
-                 device=None, dtype=torch.float32):
+                 device=None, dtype=torch.float32, tokens_per_position: int = 1):
         for name, value in (("n_layer", n_layer), ("batch_size", batch_size), ("n_head", n_head),
-                            ("head_dim", head_dim), ("capacity", capacity)):
+                            ("head_dim", head_dim), ("capacity", capacity),
+                            ("tokens_per_position", tokens_per_position)):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        self.P = tokens_per_position
         shape = (n_layer, batch_size, n_head, capacity, head_dim)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
@@ -53,7 +74,7 @@ class KVCache:
         return self.k.nbytes + self.v.nbytes
 
     def next_positions(self, n: int) -> torch.Tensor:
-        return torch.arange(self.length, self.length + n, device=self.k.device)
+        return torch.arange(self.length, self.length + n, device=self.k.device) // self.P
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Write k, v (B, H, T, D) at [length, length + T); return views of slots [0, length + T)."""

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .sinks import attention_maps, streaming_nll
+from .sinks_bench import attention_maps, streaming_nll
 from .timing import resolve_device
 from .transformer import GPT, GPTConfig
 
@@ -162,18 +162,14 @@ def streaming_perplexity(model: GPT, task: BigramBackcopy, multiple: int = 16, s
     return {name: math.exp(streaming_nll(model, ids, p, n_sink=s).mean().item()) for name, (p, s) in policies.items()}
 
 
-def train_recipe(out=None, device=None, steps: int | None = None) -> dict:
-    """`python -m minimal.train bb-gpt`: the shipped model (BOS + triggers) and the two controls."""
-    from .checkpoints import PRETRAINED_DIR, save_checkpoint
-
+def train_recipe(device=None, steps: int | None = None) -> tuple[GPT, dict]:
+    """`python -m minimal.train bb-gpt`: the shipped model (BOS + triggers), the two controls' curves in
+    meta["controls"] -> (model, meta)."""
     base = BBRecipe() if steps is None else BBRecipe(steps=steps)
     variants = {"bos": (BigramBackcopy(), base),
                 "no_bos": (BigramBackcopy(), dataclasses.replace(base, bos=False, length=base.length - 1)),
                 "no_triggers": (BigramBackcopy(n_triggers=0), base)}
     runs = {name: train_bb(task, recipe, device) for name, (task, recipe) in variants.items()}
     model, meta = runs["bos"]
-    meta = {**meta, "controls": {name: m for name, (_, m) in runs.items() if name != "bos"},
-            "streaming_ppl": streaming_perplexity(model, BigramBackcopy())}
-    path = save_checkpoint(out or PRETRAINED_DIR / "bb-gpt.pt", model, meta)
-    return {"path": str(path), "streaming_ppl": meta["streaming_ppl"],
-            **{name: {"last": m["curve"][-1], "train_seconds": m["train_seconds"]} for name, (_, m) in runs.items()}}
+    return model, {**meta, "controls": {name: m for name, (_, m) in runs.items() if name != "bos"},
+                   "streaming_ppl": streaming_perplexity(model, BigramBackcopy())}

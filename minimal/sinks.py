@@ -26,6 +26,8 @@ steps of a chunk write after the kept frames without advancing, each overwriting
 cache is full they write into the oldest recent chunk's slots, which the chunk's context pass then
 keeps (`video_model.py`). Text is the case P = c = 1.
 
+Streaming perplexity, attention maps and the benchmark are in sinks_bench.py.
+
 Simplifications vs the paper: batch streams advance in lockstep; prefill may not evict (feed tokens one
 at a time, or one chunk at a time, once the cache is full).
 """
@@ -34,8 +36,11 @@ from __future__ import annotations
 
 import torch
 
+from .kv_cache import check_sampling_args, sample_next
+from .transformer import check_tokens
 
-def _check_sizes(n_sink: int, window: int, max_positions: int | None, chunk: int = 1) -> None:
+
+def check_sizes(n_sink: int, window: int, max_positions: int | None, chunk: int = 1) -> None:
     unit = f" and a multiple of the chunk ({chunk})" if chunk > 1 else ""
     if not isinstance(n_sink, int) or n_sink < 0 or n_sink % chunk:
         raise ValueError(f"n_sink must be an int >= 0{unit}, got {n_sink!r}")
@@ -60,7 +65,7 @@ class SinkCache:
         for name, value in (("tokens_per_position", tokens_per_position), ("chunk", chunk)):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-        _check_sizes(n_sink, window, max_positions, chunk)
+        check_sizes(n_sink, window, max_positions, chunk)
         self.n_sink, self.window, self.P = n_sink, window, tokens_per_position
         self.capacity = (n_sink + window) * self.P  # token slots
         self.step = chunk * self.P  # tokens written per step once the cache is full
@@ -139,7 +144,7 @@ class NaiveSinkCache:
     stores_raw_keys = True
 
     def __init__(self, n_layer: int, n_sink: int, window: int, tokens_per_position: int = 1):
-        _check_sizes(n_sink, window, None)
+        check_sizes(n_sink, window, None)
         self.n_sink, self.window, self.P = n_sink, window, tokens_per_position
         self.capacity = n_sink + window  # positions
         self.ks, self.vs = [[] for _ in range(n_layer)], [[] for _ in range(n_layer)]  # each (B, H, P, D)
@@ -174,9 +179,6 @@ def stream_generate(model, prompt: torch.Tensor, max_new_tokens: int, n_sink: in
                     temperature: float = 1.0, top_k: int | None = None, generator=None, cache=None) -> torch.Tensor:
     """Generate without end in fixed memory: the prompt (T,) then one token at a time through a rolling
     cache (default: n_sink sinks + window = block_size - n_sink recent tokens). Returns the new ids (N,)."""
-    from .kv_cache import check_sampling_args, sample_next
-    from .transformer import check_tokens
-
     check_tokens(prompt, model.config.vocab_size, "prompt")
     if prompt.ndim != 1 or len(prompt) == 0:
         raise ValueError(f"prompt must be a non-empty (T,) tensor, got shape {tuple(prompt.shape)}")
@@ -196,180 +198,3 @@ def stream_generate(model, prompt: torch.Tensor, max_new_tokens: int, n_sink: in
         if i + 1 < max_new_tokens:
             logits = model(out[-1], cache)[:, -1]
     return torch.cat(out, 1)[0] if out else prompt.new_zeros(0)
-
-
-# ---------------------------------------------------------------------------------------------------
-# Streaming evaluation: perplexity far past the training context
-# ---------------------------------------------------------------------------------------------------
-
-POLICIES = ("dense", "window", "recompute", "sinks")
-
-
-@torch.no_grad()
-def streaming_nll(model, ids: torch.Tensor, policy: str, cache_size: int | None = None,
-                  n_sink: int = 4) -> torch.Tensor:
-    """Per-token negative log-likelihood (nats) of ids[1:] given the stream so far, shape (N - 1,).
-
-    dense:     attend to everything (positions run past the training length)
-    window:    rolling cache of the last `cache_size` tokens, no sinks
-    recompute: re-run the model on the last `cache_size` tokens at every step (the quality reference)
-    sinks:     rolling cache of n_sink sinks + the last cache_size - n_sink tokens
-    """
-    if policy not in POLICIES:
-        raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
-    if ids.ndim != 1 or len(ids) < 2:
-        raise ValueError(f"ids must be a 1-D stream of >= 2 token ids, got shape {tuple(ids.shape)}")
-    c = cache_size or model.config.block_size
-    device = next(model.parameters()).device
-    ids = ids.to(device)
-    if policy == "dense":  # one causal pass == a growing KV cache, token for token
-        logits = model(ids[None, :-1])[0]  # (N - 1, V)
-    elif policy == "recompute":
-        windows = torch.stack([ids[max(0, t - c):t] if t >= c else ids[:c] for t in range(1, len(ids))])
-        ends = torch.tensor([min(t, c) - 1 for t in range(1, len(ids))], device=device)
-        logits = torch.cat([model(w)[torch.arange(len(w)), e]
-                            for w, e in zip(windows.split(256), ends.split(256), strict=True)])
-    else:
-        sinks = n_sink if policy == "sinks" else 0
-        cache = SinkCache.for_model(model, sinks, c - sinks)
-        logits = torch.cat([model(ids[None, t:t + 1], cache)[0] for t in range(len(ids) - 1)])
-    return torch.nn.functional.cross_entropy(logits.float(), ids[1:], reduction="none")
-
-
-@torch.no_grad()
-def attention_maps(model, idx: torch.Tensor) -> torch.Tensor:
-    """Causal attention weights of every layer and head for idx (B, T): (n_layer, B, H, T, T)."""
-    from .transformer import apply_rope, attention_weights, causal_mask
-
-    inputs = []
-    hooks = [b.attn.register_forward_pre_hook(lambda m, args: inputs.append((m, args[0], args[1])))
-             for b in model.blocks]
-    try:
-        model(idx)
-    finally:
-        for h in hooks:
-            h.remove()
-    maps = []
-    for attn, x, pos in inputs:
-        q, k, _ = attn.project(x)
-        q, k = apply_rope(q, pos, attn.config.rope_base), apply_rope(k, pos, attn.config.rope_base)
-        maps.append(attention_weights(q, k, causal_mask(x.shape[1], x.shape[1], x.device)))
-    return torch.stack(maps)
-
-
-def sink_mass(maps: torch.Tensor, first_query: int = 64) -> torch.Tensor:
-    """Mean attention on position 0 from queries at positions >= first_query, per layer: (n_layer,).
-
-    For comparison, uniform attention would give 1 / (position + 1) to it."""
-    return maps[..., first_query:, 0].mean(dim=(1, 2, 3))
-
-
-# ---------------------------------------------------------------------------------------------------
-# Benchmark: python -m minimal.bench sinks
-# ---------------------------------------------------------------------------------------------------
-
-def _stream_step_times(model, ids: torch.Tensor, cache, device) -> list[float]:
-    """Seconds per streamed token when feeding ids one at a time into `cache`."""
-    from .timing import Timer
-
-    times = []
-    with torch.no_grad():
-        for t in range(len(ids)):
-            with Timer(device) as timer:
-                model(ids[None, t:t + 1], cache)
-            times.append(timer.seconds)
-    return times
-
-
-def bench(device=None, quick: bool = False, repeats: int = 3) -> tuple[str, dict]:
-    """Streaming perplexity per policy over 16x the context; rolling-cache latency and memory vs dense."""
-    import math
-
-    from .checkpoints import load_pretrained
-    from .data import CharTokenizer, text_corpus
-    from .kv_cache import KVCache
-    from .timing import measure, percentile, resolve_device
-    from .transformer import GPT, GPTConfig
-
-    device = resolve_device(device)
-    if quick:
-        torch.manual_seed(0)
-        model = GPT(GPTConfig(vocab_size=103, block_size=16, n_layer=1, n_head=2, n_embd=16)).to(device).eval()
-        chars = CharTokenizer.from_text(text_corpus()).chars
-    else:
-        model, meta = load_pretrained("text-gpt", device=device)
-        chars = meta["chars"]
-    c = model.config.block_size
-    n = 16 * c
-    ids = CharTokenizer(chars).encode(text_corpus("val")[: n + 1]).to(device)
-
-    ppl = {p: math.exp(streaming_nll(model, ids, p).mean().item()) for p in ("dense", "window", "recompute")}
-    for s in (1, 4):
-        ppl[f"sinks{s}"] = math.exp(streaming_nll(model, ids, "sinks", n_sink=s).mean().item())
-
-    near = lambda times, m: percentile(times[m - 16:m], 50)  # noqa: E731 latency around token m
-    lat = {"sinks": ([], []), "dense": ([], [])}
-    for _ in range(repeats):
-        for name in lat:
-            cache = SinkCache.for_model(model, 4, c - 4) if name == "sinks" else KVCache.for_model(model, capacity=n)
-            times = _stream_step_times(model, ids[:n], cache, device)
-            lat[name][0].append(near(times, c))
-            lat[name][1].append(near(times, n))
-    lat = {k: (percentile(a, 50), percentile(b, 50)) for k, (a, b) in lat.items()}
-    with torch.no_grad():
-        recompute = measure(lambda: model(ids[None, n - c:n]), warmup=2, repeats=10 * repeats, device=device)
-    sink_bytes = SinkCache.for_model(model, 4, c - 4).nbytes
-    dense_bytes = lambda m: KVCache.for_model(model, capacity=m).nbytes  # noqa: E731 a dense cache holding m tokens
-
-    figures = {
-        "context": c, "tokens": n, "device": str(device), "ppl": ppl,
-        "ppl_ratio": ppl["sinks4"] / ppl["recompute"],
-        "latency_ratio": lat["sinks"][1] / lat["sinks"][0],
-        "dense_latency_ratio": lat["dense"][1] / lat["dense"][0],
-        "cache_bytes": [sink_bytes, sink_bytes], "dense_cache_bytes": [dense_bytes(c), dense_bytes(n)],
-        "speedup_vs_recompute": recompute.median / lat["sinks"][1],
-        "ms_per_token": {"sinks_1x": lat["sinks"][0] * 1e3, "sinks_16x": lat["sinks"][1] * 1e3,
-                         "dense_1x": lat["dense"][0] * 1e3, "dense_16x": lat["dense"][1] * 1e3,
-                         "recompute": recompute.median * 1e3},
-    }
-    rows = [f"Streaming over {n} tokens = 16 x the training context {c} ({device}, median of {repeats} runs)",
-            f"{'policy':<28} {'perplexity':>10}",
-            *[f"{name:<28} {value:>10.3f}" for name, value in [
-                ("dense (positions past ctx)", ppl["dense"]), ("window only", ppl["window"]),
-                ("sliding window + recompute", ppl["recompute"]), ("sinks 1 + window", ppl["sinks1"]),
-                ("sinks 4 + window", ppl["sinks4"])]],
-            "",
-            f"{'per-token latency':<28} {'at 1x':>10} {'at 16x':>10} {'cache bytes 1x -> 16x':>24}",
-            f"{'rolling cache (4 + window)':<28} {lat['sinks'][0] * 1e3:>8.3f}ms {lat['sinks'][1] * 1e3:>8.3f}ms "
-            f"{sink_bytes:>11} -> {sink_bytes}",
-            f"{'dense KV cache':<28} {lat['dense'][0] * 1e3:>8.3f}ms {lat['dense'][1] * 1e3:>8.3f}ms "
-            f"{dense_bytes(c):>11} -> {dense_bytes(n)}",
-            f"{'sliding window recompute':<28} {recompute.median * 1e3:>8.3f}ms {recompute.median * 1e3:>8.3f}ms",
-            f"rolling latency ratio 16x/1x = {figures['latency_ratio']:.2f}; speedup over recompute = "
-            f"{figures['speedup_vs_recompute']:.1f}x; ppl ratio sinks/recompute = {figures['ppl_ratio']:.3f}"]
-    return "\n".join(rows), figures
-
-
-# ---------------------------------------------------------------------------------------------------
-# A learnable sink token: python -m minimal.train text-gpt-sink
-# ---------------------------------------------------------------------------------------------------
-
-def train_sink_recipe(out=None, device=None, steps: int | None = None) -> dict:
-    """The text-gpt recipe with a dedicated sink token at the start of every training window
-    (StreamingLLM section 3.3), recording the attention mass on it during training."""
-    from .checkpoints import PRETRAINED_DIR, save_checkpoint
-    from .data import CharTokenizer, text_corpus
-    from .text_gpt import TextGPTRecipe, train_text_gpt, with_sink
-
-    recipe = TextGPTRecipe(sink_token=True, **({} if steps is None else {"steps": steps}))
-    tok = CharTokenizer.from_text(text_corpus())
-    val = tok.encode(text_corpus("val"))[: 16 * 127 + 1]
-    probe_x, _ = with_sink(val[:-1].view(16, 127), val[1:].view(16, 127), tok.vocab_size)  # (16, 128)
-
-    def probe(model) -> float:
-        model.eval()
-        return sink_mass(attention_maps(model, probe_x.to(next(model.parameters()).device))).mean().item()
-
-    model, meta = train_text_gpt(recipe, device, probe=probe)
-    path = save_checkpoint(out or PRETRAINED_DIR / "text-gpt-sink.pt", model, meta)
-    return {"path": str(path), **{k: v for k, v in meta.items() if k not in ("chars", "recipe", "val_curve")}}

@@ -7,7 +7,8 @@ cross-entropy, and scored on the held-out topics in bits per character,
 
 beside two baselines fitted on the same train split: a unigram model p(x_i) and a bigram model
 p(x_i | x_{i-1}), both add-one smoothed. `python -m minimal.train text-gpt` reproduces the shipped
-checkpoint `minimal/pretrained/text-gpt.pt`.
+checkpoint `minimal/pretrained/text-gpt.pt`, and `python -m minimal.train text-draft` the one-layer
+draft model of speculative decoding (speculative.py), the same recipe shrunk.
 """
 
 from __future__ import annotations
@@ -21,9 +22,9 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .checkpoints import PRETRAINED_DIR, save_checkpoint
 from .data import CharTokenizer, text_corpus
 from .timing import resolve_device
+from .training import set_lr, warmup_cosine
 from .transformer import GPT, GPTConfig
 
 
@@ -92,14 +93,6 @@ def ngram_baselines(train: torch.Tensor, val: torch.Tensor, vocab_size: int) -> 
     return {"unigram_bpc": bits_uni, "bigram_bpc": bits_bi}
 
 
-def lr_at(step: int, r: TextGPTRecipe) -> float:
-    """Linear warm-up, then cosine decay from lr to min_lr."""
-    if step < r.warmup:
-        return r.lr * (step + 1) / r.warmup
-    progress = (step - r.warmup) / max(1, r.steps - r.warmup)
-    return r.min_lr + 0.5 * (r.lr - r.min_lr) * (1 + math.cos(math.pi * progress))
-
-
 def train_text_gpt(recipe: TextGPTRecipe | None = None, device=None, progress: bool = True, probe=None):
     """Train the char GPT; returns (model, meta) with the measured quality figures in meta.
 
@@ -121,8 +114,7 @@ def train_text_gpt(recipe: TextGPTRecipe | None = None, device=None, progress: b
     t0, losses, val_curve, probe_curve = time.perf_counter(), [], [], []
     bar = tqdm(range(r.steps), desc="text-gpt", disable=not progress)
     for step in bar:
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, r)
+        set_lr(opt, warmup_cosine(step, r.steps, r.lr, r.warmup, r.min_lr))
         if sink_id is None:
             x, y = get_batch(train, r.block_size, r.batch_size, g)
         else:
@@ -149,9 +141,22 @@ def train_text_gpt(recipe: TextGPTRecipe | None = None, device=None, progress: b
     return model.eval(), meta
 
 
-def train_recipe(out=None, device=None, steps: int | None = None) -> dict:
-    """`python -m minimal.train text-gpt`: train and save minimal/pretrained/text-gpt.pt."""
-    recipe = TextGPTRecipe() if steps is None else TextGPTRecipe(steps=steps)
-    model, meta = train_text_gpt(recipe, device)
-    path = save_checkpoint(out or PRETRAINED_DIR / "text-gpt.pt", model, meta)
-    return {"path": str(path), **{k: v for k, v in meta.items() if k not in ("chars", "recipe", "val_curve")}}
+RECIPES = {
+    "text-gpt": TextGPTRecipe(),
+    # the draft of speculative decoding: one layer of width 96 (0.12M parameters), no dropout
+    "text-draft": TextGPTRecipe(seed=1338, steps=1500, batch_size=32, n_layer=1, n_head=2, n_embd=96, dropout=0.0),
+}
+
+
+def _recipe(name: str, steps: int | None) -> TextGPTRecipe:
+    return RECIPES[name] if steps is None else dataclasses.replace(RECIPES[name], steps=steps)
+
+
+def train_text_gpt_recipe(device=None, steps: int | None = None):
+    """`python -m minimal.train text-gpt` -> (model, meta)."""
+    return train_text_gpt(_recipe("text-gpt", steps), device)
+
+
+def train_text_draft_recipe(device=None, steps: int | None = None):
+    """`python -m minimal.train text-draft` -> (model, meta)."""
+    return train_text_gpt(_recipe("text-draft", steps), device)

@@ -1,22 +1,25 @@
-"""Scores for generated SpriteWorld frames, computed from the pixels alone.
+"""Scores for generated SpriteWorld frames and video, computed from the pixels alone.
 
-`sprite_validity` asks whether a frame could have been drawn by the simulator: every pixel is the
-scene's background or one of its palette colours (within a tolerance), each palette colour present
-covers exactly one filled sprite_size x sprite_size square, and the number of sprites is right.
-Overlapping sprites (which the simulator can draw) fail the square test, so compare a generator's
-validity rate with that of real frames passed through the same pipeline.
+Every score starts from one detection (`detect_sprites`): each pixel is classified to the nearest
+colour of the scene (background, palette, player), and each expected sprite is fitted as one
+sprite_size x sprite_size square of its colour, allowing it to be partly hidden under sprites drawn
+after it (the simulator draws overlapping sprites). A pixel within TOL = 0.2 (L-inf, per channel) of
+no scene colour is *unknown*. The colours of any scene are at least 0.4 apart, so with TOL = 0.2 no
+pixel can be close to two colours: the tolerance is as loose as it can be while the assignment stays
+unambiguous. `python -m minimal.bench toybench` checks the choice on real video (nearly every frame
+valid; a frame fails only when a sprite is fully hidden) and on corrupted video (Gaussian pixel noise,
+a colour shift, a missing, extra or misshapen sprite, blur), whose figures are in docs/results.md.
 
-The video metrics score generated SpriteWorld video (by default `VIDEO_WORLD`) from its pixels and its
-conditioning (scene label, actions) alone, frame by frame. `detect_sprites` classifies each pixel to
-the nearest known colour and fits one sprite_size square per colour, allowing a sprite to be hidden
-under sprites drawn after it. `frame_scores` turns the detections into per-frame scores in [0, 1]
-(nan where undefined, e.g. transitions at t = 0), one per idea in SCORE_METRICS:
+A frame is **valid** (`frame_validity`, the one definition every figure uses) when it has no unknown
+pixel and every expected sprite is found. Per frame, `frame_scores` gives one score in [0, 1] per idea
+in SCORE_METRICS (nan where undefined, e.g. transitions at t = 0):
 
-- validity: no unknown pixels and every expected sprite found as one square of its colour;
+- validity: the frame is valid;
 - count: the number of sprites found is the expected count (count persistence);
 - smoothness: each bouncing sprite's moves t-2 -> t-1 -> t follow `_bounce` from one velocity;
 - background: the frame's median colour is the scene's background (brightness and colour drift);
-- dynamics: each bouncing sprite moved in both coordinates (catches frozen or slowing motion);
+- motion: each bouncing sprite made one legal simulator step t-1 -> t (some velocity of the world moves
+  it there): a frozen sprite scores 0, one that moves every other frame 0.5, one that jumps about 0;
 - action: the player moved as the commanded action says (action following);
 - scene: the background nearest to the frame's median colour is the conditioned scene's.
 
@@ -33,42 +36,8 @@ import torch.nn.functional as F
 
 from .data import ACTION_DELTAS, ACTIONS, SCENES, VIDEO_WORLD, SpriteWorldConfig, _bounce
 
-
-def sprite_validity(frame: torch.Tensor, scene: int = 0, n_sprites: int = 2, sprite_size: int = 4,
-                    tol: float = 0.15) -> bool:
-    """frame (3, H, W) in [0, 1] -> True when it is a valid SpriteWorld frame of `scene`."""
-    if frame.ndim != 3 or frame.shape[0] != 3:
-        raise ValueError(f"frame must be (3, H, W), got {tuple(frame.shape)}")
-    if not 0 <= scene < len(SCENES):
-        raise ValueError(f"scene must be in [0, {len(SCENES)}), got {scene}")
-    sc = SCENES[scene]
-    colours = torch.tensor([sc.background, *sc.palette])  # (1 + P, 3)
-    dist = (frame.permute(1, 2, 0)[:, :, None] - colours).abs().amax(-1)  # (H, W, 1 + P)
-    nearest = dist.argmin(-1)  # (H, W)
-    if dist.amin(-1).max() > tol:
-        return False  # a pixel of no known colour
-    found = 0
-    for k in range(1, len(colours)):
-        ys, xs = torch.nonzero(nearest == k, as_tuple=True)
-        if len(ys) == 0:
-            continue
-        found += 1
-        h, w = int(ys.max() - ys.min()) + 1, int(xs.max() - xs.min()) + 1
-        if (h, w) != (sprite_size, sprite_size) or len(ys) != sprite_size ** 2:
-            return False
-    return found == n_sprites
-
-
-def validity_rate(frames: torch.Tensor, **kwargs) -> float:
-    """Fraction of valid frames in (N, 3, H, W)."""
-    return sum(sprite_validity(f, **kwargs) for f in frames) / len(frames)
-
-
-# ---------------------------------------------------------------------------------------------------
-# Video metrics
-# ---------------------------------------------------------------------------------------------------
-
-SCORE_METRICS = ("validity", "count", "smoothness", "background", "dynamics", "action", "scene")
+SCORE_METRICS = ("validity", "count", "smoothness", "background", "motion", "action", "scene")
+TOL = 0.2  # half the smallest distance between two colours of a scene
 _LAYOUTS = {3: "(3, H, W)", 4: "(T, 3, H, W)", 5: "(B, T, 3, H, W)"}
 
 
@@ -162,7 +131,7 @@ def _detect(frames: torch.Tensor, scenes: torch.Tensor, config: SpriteWorldConfi
 
 
 def detect_sprites(frame: torch.Tensor, scene: int, config: SpriteWorldConfig = VIDEO_WORLD,
-                   tol: float = 0.2) -> dict:
+                   tol: float = TOL) -> dict:
     """Find the sprites of one frame (3, H, W) of `scene`, allowing occlusion by later-drawn sprites.
 
     Returns sprites (a top-left (y, x) or None per palette sprite), player ((y, x), or None when
@@ -180,6 +149,22 @@ def detect_sprites(frame: torch.Tensor, scene: int, config: SpriteWorldConfig = 
             "unknown": int(det["unknown"][0]), "valid": bool(det["valid"][0])}
 
 
+def frame_validity(frames: torch.Tensor, scene, config: SpriteWorldConfig = VIDEO_WORLD,
+                   tol: float = TOL) -> torch.Tensor:
+    """Frames (N, 3, H, W) of `config`'s world -> (N,) bool: no unknown pixel and every expected sprite found.
+
+    scene: one index or one per frame (N,)."""
+    _check_settings(config, tol)
+    _check_frames(frames, "frames", (4,), config)
+    scenes = _labels(scene, "scene", len(SCENES), {(): (1, 1), (len(frames),): (1, len(frames))}, 1, len(frames))
+    return _detect(frames, scenes[0], config, tol)["valid"]
+
+
+def validity_rate(frames: torch.Tensor, scene, config: SpriteWorldConfig = VIDEO_WORLD, tol: float = TOL) -> float:
+    """The fraction of valid frames among frames (N, 3, H, W) (`frame_validity`)."""
+    return float(frame_validity(frames, scene, config, tol).float().mean())
+
+
 def _velocities(max_speed: int) -> torch.Tensor:
     """(V, 2): every velocity the simulator can draw, components in ±[1, max_speed]."""
     speeds = torch.arange(1, max_speed + 1)
@@ -195,7 +180,7 @@ def _scores(frames: torch.Tensor, scenes: torch.Tensor, actions: torch.Tensor | 
     det = _detect(frames.flatten(0, 1), scenes.flatten(), config, tol)
     pos = det["positions"].reshape(B, T, -1, 2)  # (B, T, K-1, 2)
     found = det["found"].reshape(B, T, -1)  # (B, T, K-1)
-    out = {name: torch.full((B, T), math.nan) for name in ("smoothness", "dynamics", "action")}
+    out = {name: torch.full((B, T), math.nan) for name in ("smoothness", "motion", "action")}
 
     out["validity"] = det["valid"].reshape(B, T).float()
     out["count"] = (found.sum(-1) == n + config.player).float()
@@ -208,12 +193,14 @@ def _scores(frames: torch.Tensor, scenes: torch.Tensor, actions: torch.Tensor | 
     out["brightness"] = frames.mean((-3, -2, -1))
 
     sprites, seen = pos[:, :, :n], found[:, :, :n]  # bouncing sprites only: (B, T, n, 2), (B, T, n)
+    velocities = _velocities(config.max_speed)  # (V, 2)
     if T > 1:
-        moved = (sprites[:, 1:] != sprites[:, :-1]).all(-1) & seen[:, 1:] & seen[:, :-1]  # (B, T-1, n)
-        out["dynamics"][:, 1:] = moved.float().mean(-1)  # nan when n = 0
+        step, _ = _bounce(sprites[:, :-1, :, None], velocities, high)  # (B, T-1, n, V, 2): every legal move
+        legal = (step == sprites[:, 1:, :, None]).all(-1).any(-1) & seen[:, 1:] & seen[:, :-1]  # (B, T-1, n)
+        out["motion"][:, 1:] = legal.float().mean(-1)  # nan when n = 0
     if T > 2:
         p0, p1, p2 = (sprites[:, i:T - 2 + i, :, None] for i in range(3))  # each (B, T-2, n, 1, 2)
-        q1, v1 = _bounce(p0, _velocities(config.max_speed), high)  # (B, T-2, n, V, 2)
+        q1, v1 = _bounce(p0, velocities, high)  # (B, T-2, n, V, 2)
         q2, _ = _bounce(p1, v1, high)
         smooth = ((q1 == p1) & (q2 == p2)).all(-1).any(-1)  # (B, T-2, n): some velocity explains both steps
         smooth &= seen[:, :-2] & seen[:, 1:-1] & seen[:, 2:]
@@ -228,7 +215,7 @@ def _scores(frames: torch.Tensor, scenes: torch.Tensor, actions: torch.Tensor | 
 
 
 def frame_scores(frames: torch.Tensor, scene, actions=None, config: SpriteWorldConfig = VIDEO_WORLD,
-                 tol: float = 0.2) -> dict[str, torch.Tensor]:
+                 tol: float = TOL) -> dict[str, torch.Tensor]:
     """One video (T, 3, H, W) -> per metric (SCORE_METRICS and brightness) a (T,) float tensor.
 
     scene: one index or one per frame. actions: None or (T,) indices, actions[t] moving the player
@@ -240,7 +227,7 @@ def frame_scores(frames: torch.Tensor, scene, actions=None, config: SpriteWorldC
 
 
 def score_curves(frames: torch.Tensor, scene, actions=None, config: SpriteWorldConfig = VIDEO_WORLD,
-                 tol: float = 0.2) -> dict[str, torch.Tensor]:
+                 tol: float = TOL) -> dict[str, torch.Tensor]:
     """A batch (B, T, 3, H, W) or one video (T, 3, H, W) -> per metric a (T,) curve, nan-mean over videos.
 
     scene: one index, (B,) or (B, T) for a batch (one index or (T,) for one video); actions: (T,) or
@@ -251,7 +238,7 @@ def score_curves(frames: torch.Tensor, scene, actions=None, config: SpriteWorldC
 
 
 def score_video(frames: torch.Tensor, scene, actions=None, config: SpriteWorldConfig = VIDEO_WORLD,
-                tol: float = 0.2) -> dict[str, float]:
+                tol: float = TOL) -> dict[str, float]:
     """One video (T, 3, H, W) or a batch (B, T, 3, H, W) -> each SCORE_METRICS score, nan-mean over frames and videos.
 
     Arguments as in `score_curves`; a metric that is undefined everywhere (e.g. `action` without
@@ -260,3 +247,19 @@ def score_video(frames: torch.Tensor, scene, actions=None, config: SpriteWorldCo
     x, scenes, acts = _inputs(frames, scene, actions, config, tol, batch_ok=True)
     scores = _scores(x, scenes, acts, config, tol)
     return {name: float(scores[name].nanmean()) for name in SCORE_METRICS}
+
+
+def score_interval(frames: torch.Tensor, scene, actions=None, config: SpriteWorldConfig = VIDEO_WORLD,
+                   tol: float = TOL, n_boot: int = 1000, seed: int = 0) -> dict[str, tuple[float, float]]:
+    """A 95% bootstrap interval of each `score_video` score of a batch (B, T, 3, H, W): the videos are
+    resampled with replacement n_boot times (seeded), the score recomputed, and the 2.5th and 97.5th
+    percentiles kept. Tells whether a difference of a few hundredths between two models is a result."""
+    x, scenes, acts = _inputs(frames, scene, actions, config, tol, batch_ok=True)
+    scores = _scores(x, scenes, acts, config, tol)
+    idx = torch.randint(0, x.shape[0], (n_boot, x.shape[0]), generator=torch.Generator().manual_seed(seed))
+    out = {}
+    for name in SCORE_METRICS:
+        boot = scores[name][idx].flatten(1).nanmean(1)  # (n_boot,) the score of each resampled batch
+        boot = boot[~boot.isnan()]
+        out[name] = tuple(torch.quantile(boot, torch.tensor([0.025, 0.975])).tolist()) if len(boot) else (math.nan,) * 2
+    return out

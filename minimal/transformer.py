@@ -4,10 +4,12 @@ Attention (Vaswani et al. 2017), for one head with queries Q (T_q, d), keys K an
 
     Attention(Q, K, V) = softmax(Q K^T / sqrt(d) + M) V,   M[i, j] = 0 if query i may see key j else -inf
 
-The mask is passed explicitly as a boolean tensor (True = may attend), so the same layer serves the
-causal text model, the block-causal video model and the rolling caches of later chapters. The manual
-path computes the formula above line by line; the fast path calls `F.scaled_dot_product_attention`;
-a test checks that they agree.
+The mask is passed explicitly, so the same layer serves the causal text model, the block-causal video
+model and the rolling caches of later chapters: None (every query sees every key), "causal" (the T_q
+queries are the last T_q of the T_k keys and query i sees the keys up to its own; resolved once the
+cache has returned the keys, since a cache may keep fewer keys than it was given), a boolean tensor
+(True = may attend) or a FlexAttention BlockMask. The manual path computes the formula above line by
+line; the fast path calls `F.scaled_dot_product_attention`; a test checks that they agree.
 
 Rotary position embedding (RoPE, Su et al. 2021) rotates each pair of channels (x_i, x_{i + d/2}) of
 queries and keys by the angle p * theta_i, theta_i = base^(-2i/d), where p is the token's position:
@@ -103,12 +105,18 @@ def compiled_flex_attention():
     return torch.compile(flex_attention)
 
 
-def attention(q, k, v, mask: torch.Tensor | BlockMask | None = None, manual: bool = False, dropout_p: float = 0.0):
+def attention(q, k, v, mask: torch.Tensor | BlockMask | str | None = None, manual: bool = False,
+              dropout_p: float = 0.0):
     """Scaled dot-product attention; `manual=True` spells it out, otherwise PyTorch's fused kernel.
 
-    A FlexAttention BlockMask (video_model.py's block-causal mask) runs flex_attention, which skips the
-    masked tiles; compiled on CUDA, eager (materialising the scores, a reference) elsewhere.
+    mask: None, "causal", a bool tensor or a BlockMask (module docstring). A FlexAttention BlockMask
+    (video_model.py's block-causal mask) runs flex_attention, which skips the masked tiles; compiled on
+    CUDA, eager (materialising the scores, a reference) elsewhere.
     """
+    if isinstance(mask, str):
+        if mask != "causal":
+            raise ValueError(f"mask must be None, 'causal', a bool tensor or a BlockMask, got {mask!r}")
+        mask = causal_mask(q.shape[2], k.shape[2], q.device) if q.shape[2] > 1 else None
     if isinstance(mask, BlockMask):
         return (compiled_flex_attention() if q.is_cuda else flex_attention)(q, k, v, block_mask=mask)
     if manual:
@@ -131,10 +139,8 @@ class CausalSelfAttention(nn.Module):
     def forward(self, x, pos, mask=None, cache=None, manual=False):
         B, T, C = x.shape
         q, k, v = self.project(x)  # 3 x (B, H, T, D)
-        if getattr(cache, "stores_raw_keys", False):
-            # StreamingLLM: keys are cached before RoPE and rotated by their position inside the cache.
-            # The raw queries go along for caches that rank keys by the attention they receive.
-            k, v = cache.update(self.layer_idx, k, v, q)  # (B, H, T_k, D), raw keys
+        if getattr(cache, "stores_raw_keys", False):  # kv_cache.py's protocol: a cache that places keys itself
+            k, v = cache.update(self.layer_idx, k, v, q)  # (B, H, T_k, D), raw keys (and raw queries to rank them)
             k = apply_rope(k, cache.key_positions(), self.config.rope_base)
         else:
             k = apply_rope(k, pos, self.config.rope_base)
@@ -238,16 +244,15 @@ class GPT(nn.Module):
 
         pos: positions (T,) or (B, T); default cache.next_positions(T) (cache.length + arange(T) for
             a plain cache), or arange(T) without a cache.
-        mask: bool (T, T_k) or broadcastable to (B, H, T, T_k), True = may attend; default causal.
+        mask: bool (T, T_k) or broadcastable to (B, H, T, T_k), True = may attend; default "causal".
         """
         if not isinstance(idx, torch.Tensor) or idx.dtype != torch.long or idx.ndim != 2:
             raise TypeError("idx must be an int64 tensor of shape (B, T)")
         B, T = idx.shape
-        start = cache.length if cache is not None else 0
         if pos is None:
             pos = cache.next_positions(T) if cache is not None else torch.arange(T, device=idx.device)
-        if mask is None and T > 1:
-            mask = causal_mask(T, start + T, device=idx.device)
+        if mask is None:
+            mask = "causal"  # built per layer once the cache has returned the keys (see attention)
         x = self.drop(self.tok_emb(idx))  # (B, T, C)
         for block in self.blocks:
             x = block(x, pos, mask, cache, manual)

@@ -29,9 +29,7 @@ pixel patches) and the model returns the flow velocity of flow_matching.py compu
     v = (z_t - x_hat) / max(t, T_MIN),        since z_t = (1 - t) x + t e  gives  e - x = (z_t - x) / t,
 
 so losses and samplers see an ordinary velocity model. Predicting v directly asks the network to copy
-the noise e through every layer; at this size it could not: the same model trained 2500 steps that way
-sampled pixel speckle (0% valid frames), and after 200 steps its denoised guess at t = 0.9 was twice as
-far from x (mean squared error 0.150 against 0.074 predicting x).
+the noise e through every layer, which at this size it could not (docs/results.md has the comparison).
 
 The frame KV cache (Self Forcing's inference; Ca2-VDM's cache sharing): after a chunk is sampled, its
 clean frames are run once through the model at t = 0 (the context pass) and their keys/values are kept;
@@ -203,25 +201,29 @@ class VideoTransformer(nn.Module):
                 manual: bool = False):
         """Velocity of every given frame.
 
-        frame_pos: (F,) time positions of the frames (RoPE); default cache.length / P + arange(F), or
-            for a rolling cache (stores_raw_keys) its next_positions, the frames' positions inside it.
+        frame_pos: (F,) time positions of the frames (RoPE); default the cache's next positions (after
+            the cached frames, or for a rolling cache the frames' positions inside it), else arange(F).
         cache: with a cache, the F frames come after the cached ones; their keys/values are written at
             the cache's length (a full rolling cache: over its oldest recent chunk), which is *not*
             advanced (call cache.advance after a context pass).
         mask: bool (L_q, L_k) or a FlexAttention BlockMask; None lets every token see every key
             (right for one chunk after a cache).
         """
-        cfg = self.config
         self.check_inputs(z, t, actions, scene)
+        return self.velocity(z, t, actions, scene, frame_pos, cache, mask, manual)
+
+    def velocity(self, z, t, actions, scene, frame_pos=None, cache=None, mask=None, manual: bool = False):
+        """`forward` without the input checks (which read values back from the device): for a caller that
+        checked its inputs once, such as a streaming loop, a captured CUDA graph."""
+        cfg = self.config
         B, Fr = z.shape[:2]
         P = cfg.tokens_per_frame
         if frame_pos is not None:
             pos = frame_pos.repeat_interleave(P)  # (F P,)
-        elif getattr(cache, "stores_raw_keys", False):
-            pos = cache.next_positions(Fr * P).to(z.device)  # (F P,) frame positions inside the rolling cache
+        elif cache is not None:
+            pos = cache.next_positions(Fr * P).to(z.device)  # (F P,) the frames' positions in the cache
         else:
-            start = cache.length // P if cache is not None else 0
-            pos = torch.arange(start, start + Fr, device=z.device).repeat_interleave(P)  # (F P,)
+            pos = torch.arange(Fr, device=z.device).repeat_interleave(P)  # (F P,)
         if scene.ndim == 1:
             scene = scene[:, None].expand(B, Fr)
         x = self.patch_in(patchify(z, cfg.patch))  # (B, F P, C)
@@ -234,14 +236,14 @@ class VideoTransformer(nn.Module):
         shift, scale = self.ada_f(F.silu(c)).chunk(2, dim=-1)
         x = self.patch_out(self.ln_f(x) * (1 + scale) + shift)  # (B, F P, 3 p p)
         x_hat = unpatchify(x, Fr, cfg.size, cfg.patch)  # the network predicts the clean frames (JiT)
-        return (z - x_hat) / t.clamp(min=T_MIN)[..., None, None, None]  # v = (z_t - x) / t
+        return (z - x_hat) / t.clamp(min=T_MIN).to(z.dtype)[..., None, None, None]  # v = (z_t - x) / t
 
     def new_cache(self, batch_size: int, n_frames: int | None = None) -> KVCache:
         """A static cache for `n_frames` frames (default max_frames), on the model's device and dtype."""
         cfg, p = self.config, next(self.parameters())
         n_frames = cfg.max_frames if n_frames is None else n_frames
         return KVCache(cfg.n_layer, batch_size, cfg.n_head, cfg.head_dim, n_frames * cfg.tokens_per_frame,
-                       device=p.device, dtype=p.dtype)
+                       device=p.device, dtype=p.dtype, tokens_per_position=cfg.tokens_per_frame)
 
     def new_rolling_cache(self, batch_size: int, n_sink: int = 0, window: int | None = None) -> SinkCache:
         """A rolling frame cache: n_sink sink frames + the `window` newest (default max_frames - n_sink),

@@ -78,7 +78,7 @@ def _velocity(model, z, tz, a, scene, cache, context, context_actions, t_context
         return model(z, tz, a, scene, cache=cache)
     n_ctx = context.shape[1]
     seq = torch.cat([context, z], 1)
-    t_seq = torch.cat([torch.full(context.shape[:2], t_context, device=z.device), tz], 1)
+    t_seq = torch.cat([torch.full(context.shape[:2], t_context, device=z.device, dtype=z.dtype), tz], 1)
     mask = block_causal_mask(seq.shape[1], model.config.chunk, model.config.tokens_per_frame, z.device)
     return model(seq, t_seq, torch.cat([context_actions, a], 1), scene, mask=mask)[:, n_ctx:]
 
@@ -92,7 +92,7 @@ def _denoise_chunk(model, e, a, scene, steps, cache=None, context=None, context_
     guidance w > 0: history guidance, v = v_cond + w (v_cond - v_uncond), where v_uncond sees the past
     fully noised (cache_u, or context_u recomputed at t = 1).
     """
-    ts = torch.linspace(1.0, 0.0, steps + 1, device=e.device)
+    ts = torch.linspace(1.0, 0.0, steps + 1, device=e.device, dtype=e.dtype)
     z = e
     for t, t_next in zip(ts[:-1], ts[1:], strict=True):
         tz = t.expand(e.shape[:2])
@@ -112,7 +112,7 @@ def _encode_context(model, x, a, scene, cache: KVCache, t: float = 0.0):
         n_cached = cache.length // cfg.tokens_per_frame
         full = block_causal_mask(n_cached + x.shape[1], cfg.chunk, cfg.tokens_per_frame, x.device)
         mask = full[n_cached * cfg.tokens_per_frame:]
-    model(x, torch.full(x.shape[:2], t, device=x.device), a, scene, cache=cache, mask=mask)
+    model(x, torch.full(x.shape[:2], t, device=x.device, dtype=x.dtype), a, scene, cache=cache, mask=mask)
     cache.advance(x.shape[1] * cfg.tokens_per_frame)
 
 
@@ -230,7 +230,7 @@ def sample_pyramid(model: VideoTransformer, actions: torch.Tensor, scene, steps:
         raise ValueError(f"lag must be an int in [1, steps = {steps}], got {lag!r}")
     z = _noise(model, B, Fr, noise, generator).clone()
     K, c = Fr // cfg.chunk, cfg.chunk
-    ts = torch.linspace(1.0, 0.0, steps + 1, device=z.device)
+    ts = torch.linspace(1.0, 0.0, steps + 1, device=z.device, dtype=z.dtype)
     for g in range(steps + (K - 1) * lag):
         s = (g - torch.arange(K) * lag).clamp(0, steps)  # (K,) step index of each chunk
         active = int((g - torch.arange(K) * lag >= 0).sum())  # chunks started so far (later ones: pure noise)

@@ -27,6 +27,7 @@ def exact_share(x_hat, x):
     return ((x_hat - x).abs().amax((1, 2, 3)) <= 0.2).float().mean().item()
 
 
+@pytest.mark.slow
 def test_shipped_autoencoder_reconstructs_frames_exactly(shipped):
     ae, meta, frames, z = shipped
     assert z.shape == (1024, 8, 4, 4)

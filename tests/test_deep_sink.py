@@ -32,6 +32,20 @@ def test_compression_equals_the_naive_reference(n_sink, recent, budget, capacity
     assert fast.compressions >= 1 and fast.length <= capacity
 
 
+def test_several_new_tokens_when_compression_triggers():
+    """Capacity 12, budget 8: tokens arrive two at a time, so the pair that overflows the cache arrives
+    with 10 or 11 kept ones. Their causal mask must cover the budget + 2 keys left after compression, not
+    the length + 2 before it (which raised a size mismatch); the naive reference agrees."""
+    m = model()
+    fast = CompressingCache.for_model(m, 2, 2, 8, 12, batch_size=2)
+    ref = NaiveCompressingCache(2, 2, 2, 8, 12)
+    with torch.no_grad():
+        out = {name: torch.cat([m(IDS[:, t:t + 2], cache) for t in range(0, 40, 2)], 1)
+               for name, cache in (("fast", fast), ("ref", ref))}
+    assert fast.compressions >= 3 and (out["fast"] - out["ref"]).abs().max() <= 1e-4
+    assert (out["fast"][:, :12] - m(IDS[:, :12])).abs().max() <= 1e-4  # before the first compression
+
+
 def test_the_check_is_sensitive_to_the_selection(monkeypatch):
     """Keeping the *least* attended tokens instead changes the output: the test above is not vacuous."""
     m = model()

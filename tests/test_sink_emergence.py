@@ -67,6 +67,7 @@ def test_training_records_the_curve():
     assert model.config.block_size == 17 and meta["train_seconds"] > 0
 
 
+@pytest.mark.slow
 def test_the_shipped_model_grew_a_sink_and_the_controls_did_not():
     """bb-gpt: the dormant head parks its attention on BOS (recomputed here, on fresh sequences), the
     active one does not; neither control (no BOS, no triggers) grew a sink."""
@@ -81,6 +82,7 @@ def test_the_shipped_model_grew_a_sink_and_the_controls_did_not():
         assert control["curve"][-1][1] < 2 * control["uniform"]
 
 
+@pytest.mark.slow
 def test_streaming_the_sink_model():
     """Past the context, dense attention breaks (unseen RoPE positions); keeping BOS as a sink is at
     least as good as the window alone."""

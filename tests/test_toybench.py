@@ -4,7 +4,16 @@ import pytest
 import torch
 
 from minimal.data import SCENES, VIDEO_WORLD, SpriteWorld
-from minimal.toybench import SCORE_METRICS, detect_sprites, frame_scores, score_curves, score_video
+from minimal.toybench import (
+    SCORE_METRICS,
+    detect_sprites,
+    frame_scores,
+    frame_validity,
+    score_curves,
+    score_interval,
+    score_video,
+    validity_rate,
+)
 
 FLIP = torch.tensor([0, 2, 1, 4, 3])  # none, up <-> down, left <-> right
 
@@ -28,7 +37,7 @@ def test_frame_scores_shapes_and_undefined_steps(real):
     assert set(per_frame) == {*SCORE_METRICS, "brightness"}
     assert all(v.shape == (64,) for v in per_frame.values())
     assert per_frame["smoothness"][:2].isnan().all() and not per_frame["smoothness"][2:].isnan().any()
-    assert per_frame["dynamics"][0].isnan() and per_frame["action"][0].isnan()
+    assert per_frame["motion"][0].isnan() and per_frame["action"][0].isnan()
     assert frame_scores(frames[0], int(scenes[0]))["action"].isnan().all()  # no actions given
     curves = score_curves(frames, scenes, actions)
     assert all(v.shape == (64,) for v in curves.values())
@@ -43,11 +52,44 @@ def test_noise_video_scores_low(real):
     assert scores["validity"] < 0.05 and scores["count"] < 0.05 and scores["background"] < 0.05, scores
 
 
-def test_frozen_video_scores_low_on_motion(real):
+def test_motion_falls_when_motion_stalls(real):
+    """Frozen video scores 0 on motion, video slowed to half speed (every frame twice) half, shuffled frames
+    (a sprite jumping about) low: motion counts legal steps of the simulator, not any change."""
     frames, actions, scenes = real
     frozen = frames[:, :1].expand_as(frames)
     scores = score_video(frozen, scenes, actions)
-    assert scores["dynamics"] < 0.01 and scores["smoothness"] < 0.01 and scores["action"] < 0.5, scores
+    assert scores["motion"] < 0.01 and scores["smoothness"] < 0.01 and scores["action"] < 0.5, scores
+    slowed = score_video(frames[:, torch.arange(64) // 2], scenes, actions)["motion"]
+    shuffled = score_video(frames[:, torch.randperm(64, generator=torch.Generator().manual_seed(0))], scenes,
+                           actions)["motion"]
+    assert abs(slowed - 0.5) < 0.05 and shuffled < 0.25 < 0.95 < score_video(frames, scenes, actions)["motion"]
+
+
+def test_one_validity_on_real_and_corrupted_frames():
+    """frame_validity, the one definition: real frames of every world the library generates are valid (but
+    for a sprite fully hidden), and pixel noise, a colour shift, a missing or misshapen sprite are not."""
+    from minimal.toybench_bench import WORLDS, corruptions
+
+    for world, config in WORLDS.items():
+        rates = {name: validity_rate(f, s, config) for name, (f, s) in corruptions(config, 16).items()}
+        assert rates["real"] >= 0.95 and rates["shift 0.15"] >= 0.95, (world, rates)
+        for bad in ("noise 0.1", "shift 0.25", "sprite erased", "sprite short", "blurred"):
+            assert rates[bad] == 0.0, (world, bad, rates)
+    frames, states = SpriteWorld(VIDEO_WORLD).rollout(4, scene=2, seed=3)
+    assert frame_validity(frames, 2).tolist() == [True] * 4
+    assert frame_validity(frames, torch.tensor([2, 2, 1, 2])).tolist() == [True, True, False, True]  # wrong scene
+
+
+def test_bootstrap_interval_brackets_the_score(real):
+    frames, actions, scenes = real
+    broken = frames.clone()
+    broken[::2, ::3] += 0.3  # a third of the frames of half the videos drift out of the palette
+    scores, interval = score_video(broken, scenes, actions), score_interval(broken, scenes, actions)
+    for m in ("validity", "count", "action", "motion"):
+        lo, hi = interval[m]
+        assert lo <= scores[m] <= hi and hi - lo < 0.5, (m, scores[m], interval[m])
+    assert interval["validity"][1] - interval["validity"][0] > 0.01  # the videos differ: a real spread
+    assert score_interval(broken, scenes, actions) == interval  # seeded
 
 
 def test_colour_drift_lowers_background_and_raises_brightness(real):
@@ -136,7 +178,18 @@ VIDEO = torch.zeros(2, 4, 3, 16, 16)
     (lambda: frame_scores(VIDEO[0], 0, tol=-0.1), ValueError, "tol"),
     (lambda: detect_sprites(VIDEO[0, 0], 0, tol=0.0), ValueError, "tol"),
     (lambda: score_video(VIDEO, 0, config="video"), TypeError, "config"),
+    (lambda: frame_validity(VIDEO[0, 0], 0), ValueError, "frames"),
+    (lambda: frame_validity(VIDEO[0], torch.zeros(3, dtype=torch.long)), ValueError, "scene"),
+    (lambda: validity_rate(VIDEO[0], 0, tol=0), ValueError, "tol"),
 ])
 def test_bad_inputs_raise(call, error, match):
     with pytest.raises(error, match=match):
         call()
+
+
+def test_the_calibration_bench_runs():
+    from minimal.toybench_bench import bench
+
+    table, figures = bench(quick=True)
+    assert "toybench validity" in table and figures["tol"] == 0.2
+    assert figures["motion"]["frozen"] == 0.0 and figures["validity"]["video"]["sprite erased"] == 0.0
