@@ -1,55 +1,55 @@
-"""MeanFlow (Geng, Deng, Bai, Kolter, He 2025): one-step generation by learning the *average* velocity.
+"""MeanFlow and the published ways to train it: one-step generation by learning the *average* velocity.
 
 Flow matching (flow_matching.py) learns the instantaneous velocity v(z, t) and needs many small steps
-because the paths curve. MeanFlow learns the average velocity over an interval [r, t]:
+because the paths curve. A mean-flow network learns the average velocity over an interval [r, t]:
 
     u(z_t, r, t) = 1/(t - r) * integral_r^t v(z_tau, tau) dtau
 
-so one evaluation jumps the whole interval exactly:  z_r = z_t - (t - r) u(z_t, r, t). The integral is
-not available in training, but differentiating (t - r) u = integral_r^t v with respect to t gives the
+so one evaluation jumps the whole interval exactly: z_r = z_t - (t - r) u(z_t, r, t) (`mean_flow_sample`).
+The network is conditioned on (t, h = t - r). Differentiating (t - r) u = integral_r^t v in t gives the
 MeanFlow identity
 
-    u(z_t, r, t) = v(z_t, t) - (t - r) du/dt,     du/dt = v . d_z u + d_t u   (r held fixed)
+    u(z_t, r, t) = v(z_t, t) - (t - r) du/dt,     du/dt = v . d_z u + d_t u   (r held fixed),
 
-and du/dt is a single Jacobian-vector product of the network at (z, r, t) with tangents (v, 0, 1).
-Training regresses u_theta onto the stop-gradient target
+and du/dt is one Jacobian-vector product of the network at (z, r, t) with tangents (v, 0, 1)
+(`total_derivative`). Three published losses train u; each is one function here, on data x:
 
-    u_tgt = v - (t - r) * JVP,      L = || u_theta(z_t, r, t) - sg(u_tgt) ||^2
+`mean_flow_loss`: MeanFlow (Geng, Deng, Bai, Kolter, He 2025, "Mean Flows for One-step Generative
+Modeling"). u_theta is regressed onto the stop-gradient target u_tgt = v - (t - r) du/dt, the JVP taken
+along v = e - x; (r, t) are the min and max of two logit-normal draws, a fraction 1 - ratio_neq of pairs
+has r = t (plain flow matching); the adaptive weight L = Delta / sg((Delta + c)^p) (`adaptive_weight_loss`).
 
-with v = e - x the conditional velocity, (r, t) from two logit-normal draws (t = max, r = min) and a
-fraction of pairs forced to r = t (plain flow matching), and the adaptive weight
-L = Delta / sg((Delta + c)^p), Delta the per-sample squared error. The network is conditioned on
-(t, h = t - r).
+`imf_loss`: improved MeanFlow, iMF (Geng, Lu, Wu, Shechtman, Kolter, He 2025, "Improved Mean Flows: On
+the Challenges of Fastforward Generative Models"). The identity read the other way round: the compound
+velocity V = u_theta(z_t, r, t) + (t - r) du/dt should equal v(z_t, t) = E[e - x | z_t], so V is
+regressed onto e - x, a target that does not move with the network. The JVP runs along the model's own
+velocity u_theta(z, t, t): along e - x, V would not be a function of z alone and the squared error would
+also shrink the variance of (I - (t - r) d_z u)(e - x), a bias. Where ours differs from iMF: iMF keeps
+the JVP under stop-gradient (its gradient is MeanFlow's with the tangent swapped); ours lets the gradient
+through the JVP as well (second derivatives, about 1.6x the cost of a step), a plain regression whose
+minimiser is the true u. Its defaults are what works here: uniform (r, t), 75% of pairs with r != t,
+squared error (p = 0).
 
-The residual form (`residual=True`) reads the identity the other way round: the compound velocity
-
-    V = u_theta(z_t, r, t) + (t - r) du/dt  should equal  v(z_t, t) = E[e - x | z_t],
-
-so it regresses V onto e - x with the gradient through the JVP too: a plain regression whose minimiser
-is the true u, instead of a fit to a target that moves with the network. Its JVP runs along the model's
-own velocity u_theta(z, t, t), detached: along e - x, V would not be a function of z alone and the
-squared error would also shrink the variance of (I - (t - r) d_z u)(e - x), a bias.
-
-Distillation (`teacher=`): a trained flow-matching network v_T(z, t) estimates v(z_t, t) = E[e - x | z_t]
-itself, so it replaces the single-pair e - x as the target and as the JVP's tangent. The loss then has
-no sampling noise at all, and its fixed point is the average velocity of the teacher's ODE.
-
-Interval splitting (`split_loss`, no JVP): the integral defining u is additive over [r, s] + [s, t],
+`split_loss`: interval splitting, SplitMeanFlow (Guo et al. 2025, "SplitMeanFlow: Interval Splitting
+Consistency in Few-Step Generative Modeling"). No JVP: the integral defining u is additive,
 
     (t - r) u(z_t, r, t) = (t - s) u(z_t, s, t) + (s - r) u(z_s, r, s),   z_s = z_t - (t - s) u(z_t, s, t),
 
-so u on an interval is regressed onto two jumps of half its length (s = (r + t) / 2), and u(z, t, t)
-onto v. Letting s -> t recovers the identity above. With halving, a jump learns from jumps half as
-long, so what the short jumps know reaches the full jump through a chain of doublings instead of being
-carried along t in small increments. (SplitMeanFlow, Guo et al. 2025; the shortcut models of Frans et al. 2024 split the
-same way.)
+so u on [r, t] is regressed onto two stop-gradient jumps, and u(z, t, t) onto v. We split at the
+midpoint s = (r + t) / 2, as the shortcut models of Frans, Hafner, Levine, Abbeel 2024 do (SplitMeanFlow
+draws s at random); the progressive self-distillation of flow maps by their semigroup property (Boffi,
+Albergo, Vanden-Eijnden 2025, "How to build a consistency model: Learning flow maps via
+self-distillation") is the same construction. A jump learns from jumps half as long, so what short
+jumps know reaches the full jump in a few doublings. With a flow-matching `teacher` v_T(z, t), its
+velocity replaces e - x at r = t (distillation): the loss then has no sampling noise left.
 
-Classifier-free guidance can be baked into the target, v~ = w v + (1 - w) u(z, t, t | null), so guided
-sampling still costs one evaluation.
+Not implemented here: classifier-free guidance. MeanFlow bakes a fixed guidance scale into the target
+(v~ = w (e - x) + (1 - w) u(z, t, t | no label), plus a conditional term) and iMF conditions the network
+on the scale; no model of this library samples with guidance, so no loss takes a scale.
 
 Forward-mode AD: PyTorch's fused attention kernels have no JVP rule, so the JVP runs under the math
-backend of scaled_dot_product_attention (`sdpa_kernel(SDPBackend.MATH)`).
-Simplifications: no EMA, fp32 only, CFG with one weight w (the paper also mixes in a conditional term).
+backend of scaled_dot_product_attention (`sdpa_kernel(SDPBackend.MATH)`). Simplifications: fp32 only,
+no guidance, one split point.
 """
 
 from __future__ import annotations
@@ -104,10 +104,39 @@ def total_derivative(net: nn.Module, z: torch.Tensor, r: torch.Tensor, t: torch.
 
 def mean_flow_target(net: nn.Module, z: torch.Tensor, r: torch.Tensor, t: torch.Tensor, v: torch.Tensor,
                      y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """u_theta(z, r, t) (differentiable) and u_tgt = v - (t - r) du/dt (detached): the paper's target."""
+    """u_theta(z, r, t) (differentiable) and u_tgt = v - (t - r) du/dt (detached): MeanFlow's target."""
     u, dudt = total_derivative(net, z, r, t, v, y)
     u_tgt = v - expand_time(t - r, z) * dudt
     return u, u_tgt.detach()
+
+
+def _draws(x: torch.Tensor, ratio_neq: float, dist: str, generator) -> tuple[torch.Tensor, ...]:
+    """The draws every loss makes, in this order: noise e, the interval (r, t), and z_t = (1 - t) x + t e."""
+    e = torch.randn(x.shape, generator=generator, device=x.device)
+    r, t = sample_r_t(x.shape[0], ratio_neq, dist, generator=generator, device=x.device)
+    return e, r, t, interpolate(x, e, t)
+
+
+def mean_flow_loss(net: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None, ratio_neq: float = 0.25,
+                   p: float = 1.0, dist: str = "logit_normal", generator=None) -> torch.Tensor:
+    """MeanFlow's loss (Geng et al. 2025) on data x (B, ...): u regressed onto sg(v - (t - r) du/dt),
+    the JVP along v = e - x, with the adaptive weight of power p. Defaults: the paper's."""
+    e, r, t, z = _draws(x, ratio_neq, dist, generator)
+    u, u_tgt = mean_flow_target(net, z, r, t, e - x, y)
+    return adaptive_weight_loss(((u - u_tgt) ** 2).flatten(1).sum(1), p)  # per-sample squared error (B,)
+
+
+def imf_loss(net: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None, ratio_neq: float = 0.75,
+             p: float = 0.0, dist: str = "uniform", generator=None) -> torch.Tensor:
+    """Improved MeanFlow's loss (iMF, Geng et al. 2025b) on data x (B, ...), with the gradient through the
+    JVP: the compound velocity V = u + (t - r) du/dt regressed onto e - x, the JVP along the model's own
+    velocity u(z, t, t | y), detached and unguided."""
+    e, r, t, z = _draws(x, ratio_neq, dist, generator)
+    with torch.no_grad():
+        v_model = net(z, t, torch.zeros_like(t), y)  # (B, ...) the tangent: a function of z alone
+    u, dudt = total_derivative(net, z, r, t, v_model, y)
+    compound = u + expand_time(t - r, z) * dudt  # (B, ...) V, with its graph through the JVP
+    return adaptive_weight_loss(((compound - (e - x)) ** 2).flatten(1).sum(1), p)
 
 
 def check_teacher(teacher) -> None:
@@ -116,60 +145,17 @@ def check_teacher(teacher) -> None:
         raise TypeError(f"teacher must be a flow-matching network v(z, t, h, y) or None, got {type(teacher).__name__}")
 
 
-def mean_flow_loss(net: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None, ratio_neq: float = 0.25,
-                   p: float = 1.0, c: float = 1e-3, dist: str = "logit_normal", mu: float = -0.4,
-                   sigma: float = 1.0, cfg_w: float = 1.0, residual: bool = False, teacher=None,
-                   generator=None) -> torch.Tensor:
-    """The MeanFlow loss on data x (B, ...); with cfg_w != 1 the guided velocity v~ replaces v.
-
-    residual=False is the paper's: regress u onto sg(u_tgt), the JVP taken along v = e - x.
-    residual=True regresses the compound velocity V = u + (t - r) du/dt onto v = e - x with the gradient
-    through the JVP too, the JVP taken along the model's own velocity u(z, t, t) (detached): the identity
-    says V = E[e - x | z], so its residual is a plain regression whose minimiser is the true u.
-    For guidance, y must already carry some "no label" entries (label dropout) so u(., null) is learned.
-    With a flow-matching `teacher`, its (guided) velocity v_T(z_t, t) replaces e - x, as the target and
-    as the tangent of both forms (distillation).
-    """
-    if not isinstance(residual, bool):
-        raise TypeError(f"residual must be a bool, got {type(residual).__name__}")
-    check_teacher(teacher)
-    if cfg_w != 1.0 and y is None:
-        raise ValueError("cfg_w != 1 needs class labels y")
-    e = torch.randn(x.shape, generator=generator, device=x.device)
-    r, t = sample_r_t(x.shape[0], ratio_neq, dist, mu, sigma, generator, x.device)
-    z = interpolate(x, e, t)
-    zeros = torch.zeros_like(t)
-    with torch.no_grad():
-        guide = teacher if teacher is not None else net  # whose null-label velocity guides
-        v_null = guide(z, t, zeros, None) if cfg_w != 1.0 else None  # (B, ...) or None
-
-        def guided(v_cond):  # v~ = w v + (1 - w) u(z, t, t | null)
-            return v_cond if v_null is None else cfg_w * v_cond + (1 - cfg_w) * v_null
-
-        v = guided(e - x if teacher is None else teacher(z, t, zeros, y))
-        if residual:  # the tangent must be a function of z alone: the teacher's v, or the model's own velocity
-            v_model = v if teacher is not None else guided(net(z, t, zeros, y))
-    if not residual:
-        u, u_tgt = mean_flow_target(net, z, r, t, v, y)
-        delta = ((u - u_tgt) ** 2).flatten(1).sum(1)  # (B,) per-sample squared error
-    else:
-        u, dudt = total_derivative(net, z, r, t, v_model, y)
-        delta = ((u + expand_time(t - r, z) * dudt - v) ** 2).flatten(1).sum(1)  # (B,) ||V - v||^2
-    return adaptive_weight_loss(delta, p, c)
-
-
 def split_loss(net: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None, ratio_neq: float = 0.75,
-               p: float = 0.0, c: float = 1e-3, dist: str = "uniform", teacher=None, generator=None) -> torch.Tensor:
-    """Interval splitting on data x (B, ...): regress u(z_t, r, t) onto sg of two half-jumps,
+               p: float = 0.0, dist: str = "uniform", teacher=None, generator=None) -> torch.Tensor:
+    """Interval splitting (SplitMeanFlow, Guo et al. 2025) on data x (B, ...): regress u(z_t, r, t) onto
+    sg of two half-jumps,
 
         u_tgt = [(t - s) u(z_t, s, t) + (s - r) u(z_s, r, s)] / (t - r),   s = (r + t) / 2,
 
     and onto v at r = t: e - x, or with a flow-matching `teacher` its velocity v_T(z_t, t) (distillation).
     """
     check_teacher(teacher)
-    e = torch.randn(x.shape, generator=generator, device=x.device)
-    r, t = sample_r_t(x.shape[0], ratio_neq, dist, generator=generator, device=x.device)
-    z = interpolate(x, e, t)
+    e, r, t, z = _draws(x, ratio_neq, dist, generator)
     with torch.no_grad():
         s = (r + t) / 2
         u_ts = net(z, t, t - s, y)  # the jump t -> s
@@ -180,7 +166,7 @@ def split_loss(net: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None, r
         v = e - x if teacher is None else teacher(z, t, torch.zeros_like(t), y)
         u_tgt = torch.where(expand_time(r == t, z), v, u_tgt)
     u = net(z, t, t - r, y)
-    return adaptive_weight_loss(((u - u_tgt) ** 2).flatten(1).sum(1), p, c)
+    return adaptive_weight_loss(((u - u_tgt) ** 2).flatten(1).sum(1), p)
 
 
 def adaptive_weight_loss(delta: torch.Tensor, p: float = 1.0, c: float = 1e-3) -> torch.Tensor:
