@@ -32,6 +32,8 @@ The draft interface the loop needs (a `GPT` is wrapped in `GPTDraft`; `NGramDraf
                             draft gamma tokens after the accepted tokens seq (N,), with the distributions
                             they were drawn from; a draft keeps whatever cache it likes between calls.
 
+The shipped draft GPT, `text-draft`, is text_gpt.py's recipe shrunk to one layer.
+
 Simplified vs the papers: batch size 1; long outputs use a sliding window (`window_start`): when the
 context would pass block_size, the cache is refilled with the last block_size / 2 tokens. The window of
 every position is a fixed function of its index, so the plain and speculative samplers use the same
@@ -40,7 +42,6 @@ conditional distributions and speculative decoding stays exact past the context 
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -230,8 +231,14 @@ class SpeculativeStats:
 
     @property
     def alpha(self) -> float:
-        """Mean acceptance probability E[sum_y min(p, q)] over the positions the target judged."""
+        """Mean acceptance probability E[sum_y min(p, q)] = 1 - E[TV(p, q)] over the positions the target
+        judged: the exact rule's, whatever `accept` rule ran."""
         return self.beta_sum / max(1, self.beta_count)
+
+    @property
+    def acceptance_rate(self) -> float:
+        """Accepted / judged drafts: what the rule that ran accepted (about alpha for the exact rule)."""
+        return self.accepted / max(1, self.beta_count)
 
     @property
     def tokens_per_call(self) -> float:
@@ -241,33 +248,61 @@ class SpeculativeStats:
     def tokens_per_call_predicted(self) -> float:
         return self.predicted_sum / max(1, self.target_calls)
 
-    def as_dict(self) -> dict:
-        return {**dataclasses.asdict(self), "alpha": self.alpha, "tokens_per_call": self.tokens_per_call,
-                "tokens_per_call_predicted": self.tokens_per_call_predicted}
-
 
 def expected_tokens(alpha: float, gamma: int) -> float:
     """(1 - alpha^(gamma + 1)) / (1 - alpha): expected tokens per target call."""
     return gamma + 1.0 if alpha >= 1 else (1 - alpha ** (gamma + 1)) / (1 - alpha)
 
 
-def _check_prompt(prompt, max_new_tokens, vocab_size: int, contexts: dict) -> None:
-    check_tokens(prompt, vocab_size, "prompt")
+def check_args(target: GPT, prompt, max_new_tokens, gamma, temperature, draft_block: int | None = None) -> None:
+    """The argument checks every sampler of this family shares (gamma None: no drafts)."""
+    if not isinstance(target, GPT):
+        raise TypeError(f"target must be a GPT, got {type(target).__name__}")
+    if gamma is not None and (not isinstance(gamma, int) or isinstance(gamma, bool) or gamma < 1):
+        raise ValueError(f"gamma (draft length) must be an int >= 1, got {gamma!r}")
+    check_sampling_args(temperature, None, target.config.vocab_size)
+    check_tokens(prompt, target.config.vocab_size, "prompt")
     if prompt.ndim != 1 or prompt.shape[0] == 0:
         raise ValueError(f"prompt must be a non-empty (T,) tensor (batch size 1), got shape {tuple(prompt.shape)}")
-    for who, block in contexts.items():
+    for who, block in (("target", target.config.block_size), ("draft", draft_block)):
         if block is not None and prompt.shape[0] > block:
             raise ValueError(f"prompt length {prompt.shape[0]} exceeds the {who}'s context (block_size = {block})")
     if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
 
 
+def draft_length(n: int, gamma: int, end: int, block: int) -> int:
+    """Drafts to verify after n accepted tokens: <= gamma, none past the end, all in position n's window."""
+    g = min(gamma, end - n - 1)  # end - 1: the target adds one token itself
+    while g > 0 and window_start(n + g, block) != window_start(n, block):
+        g -= 1
+    return g
+
+
+def verify(p, q, d, accept, generator, stats: SpeculativeStats) -> tuple[int, torch.Tensor]:
+    """p (g + 1, V) from one target call judges drafts d (g,) ~ q (g, V) -> (n accepted, next token (1,)),
+    recorded in stats; g = 0 is a plain target step."""
+    g = d.shape[0]
+    if g:
+        q = q.to(p.device)
+        n_acc, t = accept(p, q, d, generator)
+        judged = min(n_acc + 1, g)  # positions whose draft token the target actually judged
+        stats.beta_sum += float(torch.minimum(p[:judged], q[:judged]).sum())
+        stats.beta_count += judged
+    else:
+        n_acc, t = 0, _draw(p[0], generator)
+    stats.target_calls += 1
+    stats.drafted += g
+    stats.accepted += n_acc
+    stats.emitted += n_acc + 1
+    return n_acc, t
+
+
 @torch.no_grad()
 def autoregressive_generate(target: GPT, prompt: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
                             generator=None) -> torch.Tensor:
     """Target alone, one token per call, with the same sliding window: the baseline. Returns (N,) ids."""
-    check_sampling_args(temperature, None, target.config.vocab_size)
-    _check_prompt(prompt, max_new_tokens, target.config.vocab_size, {"target": target.config.block_size})
+    check_args(target, prompt, max_new_tokens, None, temperature)
     seq = torch.cat([prompt, prompt.new_empty(max_new_tokens)])
     window, n, empty = _TargetWindow(target), prompt.shape[0], prompt.new_empty(0)
     for _ in range(max_new_tokens):
@@ -285,72 +320,29 @@ def speculative_generate(target: GPT, draft, prompt: torch.Tensor, max_new_token
     draft: a GPT (wrapped in GPTDraft) or any object with the draft interface of the module docstring.
     temperature 0 is greedy (output == greedy target decoding); otherwise p and q are both softmax(. / T).
     accept: the accept/resample step, (p, q, d, generator) -> (n accepted, next token); the default is
-        the exact rule, `image_tokens.grouped_accept_reject` the (inexact) grouped one.
+        the exact rule; `image_tokens.gsd_accept_reject` (GSD) and `static_cluster_accept_reject` are
+        the inexact grouped ones. `speculative_jacobi.py` drafts with the target itself instead.
     """
-    if not isinstance(target, GPT):
-        raise TypeError(f"target must be a GPT, got {type(target).__name__}")
     draft = GPTDraft(draft) if isinstance(draft, GPT) else draft
     if not callable(getattr(draft, "propose", None)):
         raise TypeError(f"draft must be a GPT or have propose(seq, gamma, temperature, generator), "
                         f"got {type(draft).__name__}")
+    check_args(target, prompt, max_new_tokens, gamma, temperature, draft.block_size)
     if draft.vocab_size != target.config.vocab_size:
         raise ValueError(f"draft and target must share a vocabulary: draft vocab_size {draft.vocab_size}, "
                          f"target vocab_size {target.config.vocab_size}")
-    if not isinstance(gamma, int) or isinstance(gamma, bool) or gamma < 1:
-        raise ValueError(f"gamma (draft length) must be an int >= 1, got {gamma!r}")
-    check_sampling_args(temperature, None, target.config.vocab_size)
-    _check_prompt(prompt, max_new_tokens, target.config.vocab_size,
-                  {"target": target.config.block_size, "draft": draft.block_size})
 
-    block = target.config.block_size
     seq = torch.cat([prompt, prompt.new_empty(max_new_tokens)])  # accepted tokens live in seq[:n]
     window, n, end = _TargetWindow(target), prompt.shape[0], prompt.shape[0] + max_new_tokens
     stats, rounds = SpeculativeStats(gamma), []
     while n < end:
-        # draft no further than the output's end or the current window (positions n .. n + g share it)
-        g = min(gamma, end - n - 1)
-        while g > 0 and window_start(n + g, block) != window_start(n, block):
-            g -= 1
+        g = draft_length(n, gamma, end, target.config.block_size)
         d, q = draft.propose(seq[:n], g, temperature, generator) if g else (seq.new_empty(0), None)
         p = probs(window.logits(seq[:n], d), temperature)  # (g + 1, V): ONE target call scores every draft
-        if g:
-            q = q.to(p.device)
-            n_acc, t = accept(p, q, d, generator)
-            judged = min(n_acc + 1, g)  # positions whose draft token the target actually judged
-            stats.beta_sum += float(torch.minimum(p[:judged], q[:judged]).sum())
-            stats.beta_count += judged
-        else:  # no room to draft: one plain target step
-            n_acc, t = 0, _draw(p[0], generator)
+        n_acc, t = verify(p, q, d, accept, generator, stats)
         seq[n:n + n_acc] = d[:n_acc]
         seq[n + n_acc] = t[0]
         n += n_acc + 1
         rounds.append(g)
-        stats.target_calls += 1
-        stats.drafted += g
-        stats.accepted += n_acc
-        stats.emitted += n_acc + 1
     stats.predicted_sum = sum(expected_tokens(stats.alpha, g) for g in rounds)
     return seq[prompt.shape[0]:], stats
-
-
-# ---------------------------------------------------------------------------------------------------
-# The shipped draft GPT: python -m minimal.train text-draft
-# ---------------------------------------------------------------------------------------------------
-
-def draft_recipe(steps: int | None = None):
-    """The text-gpt recipe shrunk to one layer of width 96 (~0.13M parameters)."""
-    from .text_gpt import TextGPTRecipe
-
-    r = TextGPTRecipe(seed=1338, steps=1500, batch_size=32, n_layer=1, n_head=2, n_embd=96, dropout=0.0,
-                      lr=3e-3, min_lr=3e-4)
-    return r if steps is None else dataclasses.replace(r, steps=steps)
-
-
-def train_draft_recipe(out=None, device=None, steps: int | None = None) -> dict:
-    """Train the draft GPT on the target's corpus and save minimal/pretrained/text-draft.pt."""
-    from .checkpoints import PRETRAINED_DIR, save_checkpoint
-    from .text_gpt import train_text_gpt
-
-    model, meta = train_text_gpt(draft_recipe(steps), device)
-    path = save_checkpoint(out or PRETRAINED_DIR / "text-draft.pt", model, meta)
-    return {"path": str(path), **{k: v for k, v in meta.items() if k not in ("chars", "recipe", "val_curve")}}

@@ -13,7 +13,9 @@ interleaved); alpha = mean of sum_y min(p, q) over judged positions; tokens per 
 and predicted (1 - alpha^(gamma + 1)) / (1 - alpha); c = draft time per drafted token / target-only
 time per token; speedup_predicted = (1 - alpha^(gamma + 1)) / ((1 - alpha)(gamma c + 1)). The gamma sweep
 adds n-gram runs at gamma = 1..6 to the same interleaved runs, each with its measured cost v of verifying
-gamma + 1 tokens.
+gamma + 1 tokens. The continuous row (speculative_continuous.py) reports the same alpha, there
+E_{x~q}[min(1, p(x) / q(x))] over judged drafts, and its acceptance rate accepted / judged. Image tokens
+(SJD, GSD and the static-cluster ablation) are `python -m minimal.bench speculative-image`.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from .speculative import GPTDraft, NGramDraft, autoregressive_generate, expected
 from .timing import Timer, measure, percentile, resolve_device
 
 
-def _step_costs(target, drafts: dict, context: torch.Tensor, gamma: int, device) -> dict:
+def step_costs(target, drafts: dict, context: torch.Tensor, gamma: int, device) -> dict:
     """Median seconds of: one target step (1 token), one verification (gamma + 1 tokens), and one drafted
     token of each draft (propose(context, gamma) / gamma), measured side by side on the same context."""
     g = torch.Generator(device=device).manual_seed(0)
@@ -45,7 +47,8 @@ def _step_costs(target, drafts: dict, context: torch.Tensor, gamma: int, device)
     return {k: v / gamma if k in drafts else v for k, v in out.items()}
 
 
-def _run(fn, device):
+def timed(fn, device):
+    """(seconds, fn()) with the device synchronised around the call."""
     with Timer(device) as t:
         out = fn()
     return t.seconds, out
@@ -69,66 +72,20 @@ def _continuous(result: dict, quick: bool, repeats: int, device) -> str:
     times, stats = {"target": [], "spec": []}, []
     for r in range(repeats + 1):  # the first run is a warm-up
         g = torch.Generator().manual_seed(r)
-        t_target, _ = _run(lambda g=g: (target_sample(target, prompt, n_new, g), None), "cpu")
-        t_spec, (_, st) = _run(lambda g=g: speculative_sample(target, draft, prompt, n_new, 4, g), "cpu")
+        t_target, _ = timed(lambda g=g: (target_sample(target, prompt, n_new, g), None), "cpu")
+        t_spec, (_, st) = timed(lambda g=g: speculative_sample(target, draft, prompt, n_new, 4, g), "cpu")
         if r:
             times["target"].append(t_target)
             times["spec"].append(t_spec)
             stats.append(st)
     speedup = percentile(times["target"], 50) / percentile(times["spec"], 50)
-    alpha = sum(s["accepted"] for s in stats) / sum(s["accepted"] + s["target_calls"] for s in stats)
-    tpc = len(stats) * n_new / sum(s["target_calls"] for s in stats)
-    result.update(continuous_speedup=speedup, continuous_alpha=alpha, continuous_tokens_per_call=tpc)
+    judged = sum(s["judged"] for s in stats)
+    alpha = sum(s["beta_sum"] for s in stats) / judged  # E_{x~q}[min(1, p(x) / q(x))]
+    rate, tpc = sum(s["accepted"] for s in stats) / judged, len(stats) * n_new / sum(s["target_calls"] for s in stats)
+    result.update(continuous_speedup=speedup, continuous_alpha=alpha, continuous_acceptance_rate=rate,
+                  continuous_tokens_per_call=tpc)
     return (f"{'continuous (GMM head)':>26} | {percentile(times['spec'], 50) / n_new * 1e3:>8.3f} {speedup:>6.2f}x | "
-            f"{alpha:>5.3f} {tpc:>8.2f}        (2-D trajectories, {n_new} tokens; accepted / (accepted + calls))")
-
-
-def _grouped(result: dict, quick: bool, repeats: int) -> list[str]:
-    """Exact SD vs grouped SD on image tokens: speed, and sprite validity of the decoded frames."""
-    from functools import partial
-
-    from .image_tokens import codebook_groups, grouped_accept_reject, load_setup, make_setup
-    from .speculative import accept_reject
-    from .toybench import validity_rate
-
-    s = make_setup(quick=True) if quick else load_setup()
-    n_frames, half = (2, 32) if quick else (40, 32)  # prompt: the top half of a held-out frame
-    rules = {"exact SD": accept_reject, **{f"GSD radius {r}": partial(grouped_accept_reject,
-                                                                      groups=codebook_groups(s.tokenizer, r))
-                                           for r in (1.0, 2.0)}}
-
-    def run(rule):
-        out = []
-        for i in range(n_frames):
-            g = torch.Generator().manual_seed(i)
-            prompt = s.tokens[i, :half]
-            new = autoregressive_generate(s.target, prompt, 64 - half, 1.0, g) if rule is None else \
-                speculative_generate(s.target, s.draft, prompt, 64 - half, 4, 1.0, g, accept=rule)[0]
-            out.append(torch.cat([prompt, new]))
-        return torch.stack(out)
-
-    names = ["image target only", *rules]
-    times, tokens = {k: [] for k in names}, {}
-    for _ in range(repeats if not quick else 1):
-        for name in names:
-            seconds, out = _run(lambda name=name: run(rules.get(name)), "cpu")
-            times[name].append(seconds)
-            tokens[name] = out
-    valid = {k: validity_rate(s.tokenizer.decode(v)) for k, v in tokens.items()}
-    base, exact = percentile(times["image target only"], 50), percentile(times["exact SD"], 50)
-    real = validity_rate(s.tokenizer.decode(s.tokens[:n_frames]))
-    result.update(image_exact_speedup=base / exact, image_valid_real=real,
-                  image_valid_target=valid["image target only"], image_valid_exact=valid["exact SD"])
-    rows = [f"{'image tokens, ' + str(n_frames) + ' frames':>26} | real frames through the tokenizer: "
-            f"{real:.0%} valid"]
-    for name in names:
-        t = percentile(times[name], 50)
-        rows.append(f"{name:>26} | {base / t:>6.2f}x over target, {exact / t:>5.2f}x over exact SD | "
-                    f"{valid[name]:.0%} of decoded frames valid")
-        if name.startswith("GSD"):
-            key = "gsd_r" + name.split()[-1].replace(".", "_")
-            result.update({f"{key}_speedup_over_exact": exact / t, f"{key}_valid": valid[name]})
-    return rows
+            f"{alpha:>5.3f} {tpc:>8.2f}        (2-D trajectories, {n_new} tokens; acceptance rate {rate:.3f})")
 
 
 def _alpha(sts) -> float:
@@ -144,7 +101,7 @@ def _gamma_sweep(target, ngram, context, base: float, times: dict, stats: dict, 
     sweep = {}
     rows = [f"{'gamma sweep, n-gram draft':>26} | speedup | alpha | verify cost v (target steps) | prediction"]
     for k, name in names.items():
-        costs = _step_costs(target, {"": ngram}, context, k, device)
+        costs = step_costs(target, {"": ngram}, context, k, device)
         alpha = _alpha(stats[name])
         c, v = costs[""] / costs["step"], costs["verify"] / costs["step"]
         speedup, predicted = base / percentile(times[name], 50), expected_tokens(alpha, k) / (k * c + 1)
@@ -191,12 +148,12 @@ def _bench(device, quick: bool, repeats: int, gamma: int) -> tuple[str, dict]:
     times, stats = {k: [] for k in samplers}, {k: [] for k in samplers}
     for r in range(repeats):  # interleaved, so drift in machine speed hits every sampler alike
         for name, fn in samplers.items():
-            seconds, (_, st) = _run(lambda fn=fn, r=r: fn(gen(r + 1)), device)
+            seconds, (_, st) = timed(lambda fn=fn, r=r: fn(gen(r + 1)), device)
             times[name].append(seconds)
             stats[name].append(st)
 
     context = torch.cat([prompt, speculative_generate(target, ngram, prompt, 48, gamma, 1.0, gen(0))[0]])
-    costs = _step_costs(target, {"": ngram, "gpt_": GPTDraft(draft_gpt)}, context, gamma, device)
+    costs = step_costs(target, {"": ngram, "gpt_": GPTDraft(draft_gpt)}, context, gamma, device)
     v = costs["verify"] / costs["step"]  # the papers assume 1: scoring gamma + 1 tokens costs one step
     base = percentile(times["target only"], 50)
     rows, result = [], {"device": str(device), "new_tokens": n_new, "gamma": gamma, "repeats": repeats,
@@ -225,7 +182,6 @@ def _bench(device, quick: bool, repeats: int, gamma: int) -> tuple[str, dict]:
     sweep_rows, result["gamma_sweep"] = _gamma_sweep(target, ngram, context, base, times, stats, sweep, device)
     rows += sweep_rows
     rows.append(_continuous(result, quick, repeats, device))
-    rows += _grouped(result, quick, 3)
     note = (f"target step {costs['step'] * 1e3:.3f} ms, verification of {gamma + 1} tokens "
             f"{costs['verify'] * 1e3:.3f} ms: v = {v:.2f} target steps")
     return "\n".join([title, header, "-" * len(header), *rows, note]), result

@@ -109,10 +109,16 @@ def target_sample(target: ContinuousAR, prompt: torch.Tensor, n_new: int, genera
 @torch.no_grad()
 def speculative_sample(target: ContinuousAR, draft: ContinuousAR, prompt: torch.Tensor, n_new: int,
                        gamma: int = 4, generator=None) -> tuple[torch.Tensor, dict]:
-    """Sample n_new tokens from the target with continuous speculative decoding -> (x (n_new, D), stats)."""
+    """Sample n_new tokens from the target with continuous speculative decoding -> (x (n_new, D), stats).
+
+    stats: alpha = E_{x~q}[min(1, p(x) / q(x))] (the continuous sum_y min(p, q) = 1 - TV(p, q), as in
+    speculative.py), estimated by the mean of min(1, p(x_i) / q(x_i)) over the drafted tokens the target
+    judged; acceptance_rate = accepted / judged; tokens_per_call = n_new / target calls.
+    """
     _check(target, draft, prompt, n_new, gamma)
     kt, kd = target.config.context, draft.config.context
-    seq, stats = list(prompt), {"target_calls": 0, "drafted": 0, "accepted": 0, "residual_proposals": 0}
+    seq, stats = list(prompt), {"target_calls": 0, "drafted": 0, "accepted": 0, "judged": 0, "beta_sum": 0.0,
+                                "residual_proposals": 0}
     while len(seq) < len(prompt) + n_new:
         g = min(gamma, len(prompt) + n_new - len(seq) - 1)
         drafted, q = [], []
@@ -126,9 +132,12 @@ def speculative_sample(target: ContinuousAR, draft: ContinuousAR, prompt: torch.
         if g:
             x = torch.stack(drafted)  # (g, D)
             log_q = torch.cat([d.log_prob(x[i:i + 1]) for i, d in enumerate(q)])  # (g,)
-            log_ratio = p.log_prob(torch.cat([x, x[-1:]]))[:g] - log_q  # (g,): log p(x_i) - log q(x_i)
+            log_ratio = (p.log_prob(torch.cat([x, x[-1:]]))[:g] - log_q).clamp(max=0)  # (g,): log min(1, p/q)
             u = torch.rand(g, generator=generator)
-            n = int((u.log() < log_ratio.clamp(max=0)).long().cumprod(0).sum())  # accept w.p. min(1, p/q)
+            n = int((u.log() < log_ratio).long().cumprod(0).sum())  # accept w.p. min(1, p/q)
+            judged = min(n + 1, g)  # drafted tokens the target judged
+            stats["judged"] += judged
+            stats["beta_sum"] += float(log_ratio[:judged].exp().sum())  # min(1, p(x) / q(x)), x ~ q
         stats["target_calls"] += 1
         stats["drafted"] += g
         stats["accepted"] += n
@@ -144,7 +153,8 @@ def speculative_sample(target: ContinuousAR, draft: ContinuousAR, prompt: torch.
             if torch.rand(1, generator=generator) < keep:
                 seq.append(y[0])
                 break
-    stats["alpha"] = stats["accepted"] / max(1, stats["accepted"] + stats["target_calls"])
+    stats["alpha"] = stats["beta_sum"] / max(1, stats["judged"])
+    stats["acceptance_rate"] = stats["accepted"] / max(1, stats["judged"])
     stats["tokens_per_call"] = n_new / max(1, stats["target_calls"])
     out = seq[len(prompt):]
     return (torch.stack(out) if out else prompt.new_empty(0, prompt.shape[1])), stats

@@ -1,6 +1,8 @@
 """Speculative decoding: exact at temperature 1 (chi-square + total variation), greedy == greedy target,
-the fast accept/reject step == its token-by-token reference, the n-gram table == its counting formula."""
+the fast accept/reject step == its token-by-token reference, the n-gram table == its counting formula;
+the same for speculative Jacobi decoding (SJD), whose drafts are the target's own previous guesses."""
 
+import itertools
 from collections import Counter
 
 import pytest
@@ -19,6 +21,7 @@ from minimal.speculative import (
     speculative_generate,
     window_start,
 )
+from minimal.speculative_jacobi import fresh_tokens, jacobi_generate
 from minimal.transformer import GPT, GPTConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -205,3 +208,94 @@ def test_bench_and_train_commands_run(tmp_path, capsys):
                                                              for g in figures["gamma_sweep"].values())
     result = train.main(["text-draft", "--steps", "3", "--out", str(tmp_path / "d.pt"), "--device", "cpu"])
     assert (tmp_path / "d.pt").is_file() and result["val_bpc"] > 0
+
+
+# ---------------------------------------------------------------------------------------------------
+# Speculative Jacobi decoding
+# ---------------------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_jacobi_generate_is_exact_end_to_end():
+    """20 000 tokens from a bigram target through the whole SJD loop (stale guesses, fresh tokens, windows)."""
+    V, n = 3, 20_000
+    target, P = bigram_gpt(V)
+    g = torch.Generator().manual_seed(0)
+    out, stats = jacobi_generate(target, torch.tensor([0]), n, gamma=4, generator=g)
+    x = torch.cat([torch.tensor([0]), out])
+    observed = torch.bincount(x[:-1] * V + x[1:], minlength=V * V).double()
+    expected = (torch.bincount(x[:-1], minlength=V).double()[:, None] * P / P.sum(1, keepdim=True)).flatten()
+    assert chisquare(observed, expected, ddof=V - 1).pvalue > 0.01
+    assert tv(torch.bincount(x[1:], minlength=V).double() / n, P[x[:-1]].mean(0)) <= 0.01
+    assert stats.emitted == n and stats.accepted > 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("gamma", [1, 4])
+def test_jacobi_generate_matches_the_joint_of_a_full_context_model(gamma):
+    """3 new tokens from a GPT whose every token depends on the whole context: the 27-way joint of 3000
+    SJD samples against the exact joint (enumerated), by chi-square and total variation."""
+    V, n = 3, 3000
+    target = tiny_gpt(V, block_size=8)
+    torch.nn.init.normal_(target.tok_emb.weight, std=0.1, generator=torch.Generator().manual_seed(0))
+    prompt, seqs = torch.tensor([0, 1]), torch.tensor(list(itertools.product(range(V), repeat=3)))  # (27, 3)
+    with torch.no_grad():
+        logp = target(torch.cat([prompt.expand(len(seqs), 2), seqs], 1))[:, 1:-1].log_softmax(-1)  # (27, 3, V)
+    joint = logp.gather(-1, seqs[..., None])[..., 0].sum(-1).double().exp()  # (27,)
+    joint /= joint.sum()
+    g = torch.Generator().manual_seed(gamma)
+    counts = torch.zeros(27, dtype=torch.float64)
+    for _ in range(n):
+        out, _ = jacobi_generate(target, prompt, 3, gamma=gamma, generator=g)
+        counts[int(out[0]) * 9 + int(out[1]) * 3 + int(out[2])] += 1
+    assert chisquare(counts, joint * n).pvalue > 0.01
+    assert tv(counts / n, joint) <= 0.06 and tv(torch.full((27,), 1 / 27), joint) > 0.4  # uniform drafts are far
+
+
+@pytest.mark.parametrize("gamma", [1, 4, 16])
+def test_greedy_jacobi_equals_greedy_target(gamma):
+    target = tiny_gpt(11, block_size=24, seed=0, n_embd=32)
+    prompt = torch.tensor([1, 2, 3, 4, 5])
+    reference = autoregressive_generate(target, prompt, 70, temperature=0.0)  # past the 24-token context
+    out, stats = jacobi_generate(target, prompt, 70, gamma=gamma, temperature=0.0,
+                                 generator=torch.Generator().manual_seed(0))
+    assert torch.equal(out, reference) and stats.emitted == 70
+
+
+def test_jacobi_accepts_whole_windows_where_the_next_token_ignores_the_last():
+    """A target that always says 3: after a call that rejects a fresh random draft, its own guesses are
+    right, so the next call emits the whole window plus the bonus token; after a full window the call has
+    scored nothing beyond it, so fresh tokens refill the window: calls alternate 1 (+ lucky) and 5 tokens.
+    (Where each token copies the previous one, the guesses, conditioned on stale drafts, stay wrong: that
+    is Jacobi decoding's limit.)"""
+    target = tiny_gpt(5, block_size=64)
+    with torch.no_grad():
+        for block in target.blocks:
+            torch.nn.init.zeros_(block.attn.proj.weight)
+            torch.nn.init.zeros_(block.mlp.proj.weight)
+        v = torch.randn(16, generator=torch.Generator().manual_seed(0))
+        target.tok_emb.weight.copy_(v.expand(5, 16) * torch.tensor([1.0, 1, 1, 10, 1])[:, None])  # tied head
+    out, stats = jacobi_generate(target, torch.tensor([3]), 60, gamma=4, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(out, torch.full((60,), 3))
+    assert abs(stats.alpha - stats.acceptance_rate) < 1e-6 and 2.8 < stats.tokens_per_call < 4
+
+
+def test_fresh_tokens_have_one_hot_q():
+    d, q = fresh_tokens(6, 7, torch.Generator().manual_seed(0))
+    assert d.shape == (6,) and q.shape == (6, 7)
+    assert torch.equal(q.argmax(-1), d) and torch.equal(q.sum(-1), torch.ones(6))
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    ({"gamma": 0}, ValueError, "gamma"),
+    ({"gamma": True}, ValueError, "gamma"),
+    ({"temperature": -1.0}, ValueError, "temperature"),
+    ({"max_new_tokens": -1}, ValueError, "max_new_tokens"),
+    ({"prompt": torch.zeros(33, dtype=torch.long)}, ValueError, "target's context"),
+    ({"prompt": torch.tensor([9])}, ValueError, "prompt"),
+    ({"accept": "exact"}, TypeError, "accept"),
+    ({"target": "gpt"}, TypeError, "target"),
+])
+def test_jacobi_bad_arguments_raise(kwargs, error, match):
+    args = {"target": tiny_gpt(5, block_size=32), "prompt": torch.tensor([1, 2]), "max_new_tokens": 4, **kwargs}
+    with pytest.raises(error, match=match):
+        jacobi_generate(**args)

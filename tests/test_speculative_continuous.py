@@ -42,6 +42,18 @@ def test_speculative_samples_match_target_samples():
     assert min(ks_2samp((draft_only @ d).numpy(), (ref @ d).numpy()).pvalue for d in directions) < 1e-6
 
 
+def test_alpha_is_the_acceptance_probability():
+    """alpha = E_{x~q}[min(1, p(x) / q(x))]: a draft equal to the target is accepted every time (alpha 1, not
+    accepted / (accepted + calls) = gamma / (gamma + 1)), and a different draft is accepted as often as alpha says."""
+    target, draft = models()
+    prompt = torch.tensor([[0.1, -0.2], [0.3, 0.0], [-0.1, 0.2]])
+    _, same = speculative_sample(target, target, prompt, 40, gamma=4, generator=torch.Generator().manual_seed(0))
+    assert same["alpha"] == pytest.approx(1.0, abs=1e-6) and same["acceptance_rate"] == 1.0
+    assert same["accepted"] == same["judged"] == same["drafted"] and same["tokens_per_call"] > 4
+    _, other = speculative_sample(target, draft, prompt, 400, gamma=4, generator=torch.Generator().manual_seed(0))
+    assert 0 < other["alpha"] < 1 and abs(other["acceptance_rate"] - other["alpha"]) < 0.1
+
+
 def test_bad_inputs_raise():
     target, draft = models()
     prompt = torch.zeros(3, 2)
