@@ -17,11 +17,15 @@ import torch
 BENCHMARKS = {
     "kv-cache": "minimal.kv_cache:bench",
     "speculative": "minimal.speculative_bench:bench",
-    "sinks": "minimal.sinks:bench",
+    "speculative-image": "minimal.image_tokens_bench:bench",
+    "sinks": "minimal.sinks_bench:bench",
     "flows": "minimal.flow_bench:bench",
     "flows-weight": "minimal.flow_bench:bench_weight",
-    "flows-residual": "minimal.flow_bench:bench_residual",
+    "flows-imf": "minimal.flow_bench:bench_imf",
     "video": "minimal.video_bench:bench",
+    "toybench": "minimal.toybench_bench:bench",
+    "pipeline": "minimal.pipeline_bench:bench",
+    "soak": "minimal.pipeline_bench:soak",
 }
 
 
@@ -34,11 +38,13 @@ def main(argv=None) -> dict:
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads for torch (default: torch's choice); use 1 on a machine shared with "
                              "other jobs, where competing threads can slow small steps down 100x")
+    parser.add_argument("--frames", type=int, default=None, help="soak: frames to stream (default 100,000)")
     args = parser.parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     module, fn = BENCHMARKS[args.name].split(":")
-    table, figures = getattr(importlib.import_module(module), fn)(device=args.device, quick=args.quick)
+    extra = {} if args.frames is None else {"frames": args.frames}
+    table, figures = getattr(importlib.import_module(module), fn)(device=args.device, quick=args.quick, **extra)
     print(table)
     if args.json:
         print(json.dumps(figures))
