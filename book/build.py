@@ -5,13 +5,13 @@
 
 Sphinx only reads files inside its source folder, so this script stages one: it copies book/_config.yml,
 book/_toc.yml and book/map.md next to the repository's README.md (the introduction), tutorials/*.ipynb
-(with their stored outputs: nothing is executed), exercises/README.md, exercises/student/*.ipynb and a
-source page per minimal/*.py, keeping the repository's relative layout so that links between them work.
-Links are adapted in the staged copies only: a link to minimal/X.py goes to X's source page, other
-existing files (an image, data) are copied and become downloads, a link to a folder or to a markdown
-file outside the book keeps its text but loses the link; a link to a missing file stays, and fails the
-build. The map page is book/map.md with a table generated from the notebooks (their minimal/ imports
-and matching exercise). Then it runs
+(with their stored outputs: nothing is executed), exercises/README.md, exercises/student/*.ipynb, the
+results page docs/results.md and a source page per minimal/*.py, keeping the repository's relative
+layout so that links between them work. Links are adapted in the staged copies only: a link to
+minimal/X.py goes to X's source page, other existing files (an image, data) are copied and become
+downloads, a link to a folder or to a markdown file outside the book keeps its text but loses the link;
+a link to a missing file stays, and fails the build. The map page is book/map.md with a table generated
+from the notebooks (their minimal/ imports and matching exercise). Then it runs
 
     jupyter-book build <stage> --path-output OUT --warningiserror --nitpick --keep-going
 
@@ -141,7 +141,7 @@ def stage(root: Path, src: Path) -> list[Path]:
     shutil.copy2(readme, src / "README.md")
     tutorials = sorted((root / "tutorials").glob("*.ipynb"))
     exercises = sorted((root / "exercises" / "student").glob("*.ipynb"))
-    for nb in tutorials + exercises + [root / "exercises" / "README.md"]:
+    for nb in tutorials + exercises + [root / "exercises" / "README.md", root / "docs" / "results.md"]:
         if nb.is_file():
             rel = nb.relative_to(root)
             (src / rel).parent.mkdir(parents=True, exist_ok=True)

@@ -81,6 +81,7 @@ def test_book_has_every_tutorial_with_its_figures(html):
 def test_book_has_intro_exercises_and_map(html):
     assert (html / "README.html").is_file() and (html / "index.html").is_file()
     assert (html / "map.html").is_file() and (html / "exercises" / "README.html").is_file()
+    assert "Measured figures" in (html / "docs" / "results.html").read_text(encoding="utf-8")
     for nb in (ROOT / "exercises" / "student").glob("*.ipynb"):
         page = html / "exercises" / "student" / f"{nb.stem}.html"
         assert page.is_file(), f"no page for exercise {nb.name}"
@@ -111,6 +112,7 @@ def test_builder_on_a_dummy_tutorial(tmp_path):
     root = tmp_path / "repo"
     shutil.copytree(ROOT / "minimal", root / "minimal", ignore=shutil.ignore_patterns("__pycache__", "*.pt"))
     shutil.copytree(ROOT / "exercises", root / "exercises", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(ROOT / "docs", root / "docs")
     (root / "tutorials").mkdir()
     (root / "README.md").write_text(
         "# Dummy\n\nSee [the tutorial](tutorials/01_kv_cache.ipynb), [the library](minimal), "
