@@ -348,12 +348,21 @@ def test_sliced_wasserstein():
     assert abs(sw - 0.5 / math.sqrt(2)) < 0.02  # sqrt(E (theta . d)^2) = |d| / sqrt(D)
 
 
-def test_frame_dit_shapes_and_labels():
+def test_frame_unet_shapes_and_labels():
+    """The label reaches the output. A fresh network predicts 0 whatever its input (its last layers start
+    at zero), so the weights are randomised first: otherwise this test could not fail."""
+    torch.manual_seed(0)
     net = FrameUNet(FrameUNetConfig(size=8, channels=8, n_head=2))
-    z = torch.randn(2, 3, 8, 8)
-    t = torch.rand(2)
-    assert net(z, t, t, torch.tensor([0, 3])).shape == (2, 3, 8, 8)
-    assert net(z, t, t).shape == (2, 3, 8, 8)  # no label: the classifier-free "null" class
+    with torch.no_grad():
+        for p in net.parameters():
+            p.normal_(0, 0.1)
+    z = torch.randn(1, 3, 8, 8).expand(2, -1, -1, -1)
+    t = torch.full((2,), 0.5)
+    out = net(z, t, t, torch.tensor([0, 3]))
+    assert out.shape == (2, 3, 8, 8) and (out[0] - out[1]).abs().max() > 1e-3  # two labels, two outputs
+    assert torch.allclose(net(z, t, t, torch.tensor([3, 3]))[0], out[1], atol=1e-6)  # the same label, the same output
+    null = net(z, t, t)  # no label: the classifier-free "null" class, a label of its own
+    assert torch.allclose(null, net(z, t, t, torch.tensor([4, 4])), atol=1e-6) and (null[0] - out[0]).abs().max() > 1e-3
 
 
 def test_bad_input_raises_clear_errors():
