@@ -199,10 +199,10 @@ class StreamBatch:
                              f"in max_frames = {cfg.max_frames}: raise the lag")
         window = cfg.max_frames - n_sink - tail
         if not isinstance(n_sink, int) or isinstance(n_sink, bool) or n_sink < 0 or window < self.c:
+            what = f"{self.S} in flight" + (" and the refill" if fuse else "")
             raise ValueError(f"n_sink must be an int in [0, {cfg.max_frames - tail - self.c}]: max_frames "
                              f"({cfg.max_frames}) must hold the sinks, one recent chunk and the {tail} frames of a "
-                             f"call "
-                             f"({self.S} in flight{' and the refill' if fuse else ''}), got {n_sink!r}")
+                             f"call ({what}), got {n_sink!r}")
         self.cache = NaiveStreamCache(cfg.n_layer, n_sink, window, cfg.tokens_per_frame, self.c) if reference else \
             StreamCache(cfg.n_layer, batch_size, cfg.n_head, cfg.head_dim, n_sink, window, tail, cfg.tokens_per_frame,
                         self.c, p.device, p.dtype)
@@ -245,6 +245,7 @@ class StreamBatch:
             if key not in self.graphs:
                 self.graphs[key] = self._capture(frames)
             graph, v = self.graphs[key]
+            self.cache.next_positions((frames.stop - frames.start) * self.model.config.tokens_per_frame)  # lay out
             graph.replay()
         self.cache.advance(commit * self.model.config.tokens_per_frame)
         self.calls += 1
