@@ -45,7 +45,7 @@ from .image_tokens import (
 from .speculative import accept_reject, autoregressive_generate, speculative_generate
 from .speculative_bench import step_costs, timed
 from .speculative_jacobi import jacobi_generate
-from .timing import measure, percentile, resolve_device
+from .timing import cpu_threads, measure, percentile, resolve_device
 from .toybench import validity_rate
 
 GSD_PAPER_SPEEDUP = 3.7  # So et al. 2025: average speedup at equal image quality, Lumina-mGPT (7B)
@@ -133,14 +133,8 @@ def _costs(s, L: int, device) -> dict:
 def bench(device=None, quick: bool = False, repeats: int = 5, n_frames: int = 100) -> tuple[str, dict]:
     """On the CPU the run uses one intra-op thread (restored afterwards), as the text benchmark does."""
     device = resolve_device(device)
-    threads = torch.get_num_threads()
-    if device.type == "cpu":
-        torch.set_num_threads(1)
-    try:
-        with torch.no_grad():
-            return _bench(device, quick, repeats, n_frames)
-    finally:
-        torch.set_num_threads(threads)
+    with cpu_threads(1, device), torch.no_grad():
+        return _bench(device, quick, repeats, n_frames)
 
 
 def _bench(device, quick: bool, repeats: int, n_frames: int) -> tuple[str, dict]:

@@ -62,15 +62,19 @@ class StreamPipeline:
     """B streams of frames from a video model and a frame autoencoder; see the module docstring."""
 
     def __init__(self, model, autoencoder, name: str, steps: int, n_sink: int = 0, stagger: bool = False,
-                 batch_size: int = 1, ts: torch.Tensor | None = None):
+                 batch_size: int = 1, ts: torch.Tensor | None = None, graphs: bool | None = None):
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
             raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
         self.model, self.ae, self.name, self.B = model, autoencoder, name, batch_size
         self.device = next(model.parameters()).device
-        lag = 1 if stagger else steps
-        self.stream = StreamBatch(model, steps, lag, batch_size, n_sink, fuse=stagger, ts=ts,
-                                  graphs=self.device.type == "cuda")
-        self.settings = {"model": name, "steps": steps, "n_sink": n_sink, "stagger": stagger, "batch_size": batch_size}
+        most = model.config.max_frames // model.config.chunk - 2  # in flight, with the refill and one past chunk
+        if stagger and steps > most:
+            raise ValueError(f"stagger=True keeps all {steps} steps' chunks in flight; with max_frames = "
+                             f"{model.config.max_frames} at most {most} fit: give steps <= {most}")
+        self.stream = StreamBatch(model, steps, 1 if stagger else steps, batch_size, n_sink, fuse=stagger, ts=ts,
+                                  graphs=self.device.type == "cuda" if graphs is None else graphs)
+        self.settings = {"model": name, "steps": steps, "n_sink": n_sink, "stagger": stagger, "batch_size": batch_size,
+                         "device": self.device.type}
         self.lock = threading.Lock()
         self.seed = None  # set by reset
         self.closed = False
@@ -166,7 +170,8 @@ class StreamPipeline:
         """What the pipeline did since reset: frames, chunks, model calls, time to first frame, chunk times."""
         s, times = self.stream, self.chunk_seconds
         out = {**self.settings, "in_flight": s.S, "frames_shown": self.shown, "chunks": len(times),
-               "model_calls": s.calls, "cache_bytes": s.cache.nbytes, "action_lag_frames": (s.S - 1) * s.c,
+               "model_calls": s.calls, "cache_bytes": s.cache.nbytes,
+               "action_lag_frames": (s.S - 1) * s.c,  # a key pressed at a chunk's first frame; up to c - 1 more
                "nonfinite_chunks": self.nonfinite}
         if self.t_first is not None:
             out["ttff_ms"] = (self.t_first - self.t_reset) * 1e3
@@ -200,10 +205,10 @@ class StreamPipeline:
 
 
 def load_pipeline(model: str = "video-df", steps: int | None = None, n_sink: int = 0, stagger: bool = False,
-                  batch_size: int = 1, device=None) -> StreamPipeline:
+                  batch_size: int = 1, device=None, graphs: bool | None = None) -> StreamPipeline:
     """A StreamPipeline for a shipped video model by checkpoint name. steps=None: the checkpoint's own
     schedule (registry default, or the student's fixed schedule in its meta); a student accepts only
-    the step counts it was distilled for."""
+    the step counts it was distilled for. graphs: CUDA graph capture (default: on a CUDA device)."""
     entry = shipped(model, kind="video")
     device = resolve_device(device)
     net, meta = load_pretrained(model, device=device)
@@ -218,7 +223,7 @@ def load_pipeline(model: str = "video-df", steps: int | None = None, n_sink: int
     ae, _ = load_autoencoder(device)
     if device.type == "cuda":
         net = net.to(torch.bfloat16)
-    return StreamPipeline(net, ae, model, steps, n_sink, stagger, batch_size, ts)
+    return StreamPipeline(net, ae, model, steps, n_sink, stagger, batch_size, ts, graphs)
 
 
 class Pacer:

@@ -37,9 +37,10 @@ def load_session(path) -> dict:
 
 
 def replay(session: dict, device=None) -> torch.Tensor:
-    """The session's frames again, (N, H, W, 3) uint8 (B > 1: (N, B, H, W, 3)): the same settings and seed,
-    and chunk k entering with the recorded actions and scene."""
-    with load_pipeline(**{k: session[k] for k in SETTINGS}, device=device) as pipe:
+    """The session's frames again, (N, H, W, 3) uint8 (B > 1: (N, B, H, W, 3)): the same settings, seed and
+    device (a CPU session in float32, a CUDA one in bfloat16), chunk k entering with the recorded actions
+    and scene."""
+    with load_pipeline(**{k: session[k] for k in SETTINGS}, device=device or session.get("device")) as pipe:
         pipe.reset(seed=session["seed"], replay=session["chunks"])
         return torch.stack([pipe.next_frame() for _ in range(session["frames"])])
 

@@ -26,7 +26,7 @@ from .checkpoints import load_pretrained
 from .data import CharTokenizer, text_corpus
 from .kv_cache import KVCache
 from .speculative import GPTDraft, NGramDraft, autoregressive_generate, expected_tokens, speculative_generate
-from .timing import Timer, measure, percentile, resolve_device
+from .timing import Timer, cpu_threads, measure, percentile, resolve_device
 
 
 def step_costs(target, drafts: dict, context: torch.Tensor, gamma: int, device) -> dict:
@@ -116,14 +116,8 @@ def bench(device=None, quick: bool = False, repeats: int = 7, gamma: int = 4) ->
     """On the CPU the run uses one intra-op thread (restored afterwards): these models are so small that
     a second thread only adds synchronisation, and on a shared 2-core machine it makes timings erratic."""
     device = resolve_device(device)
-    threads = torch.get_num_threads()
-    if device.type == "cpu":
-        torch.set_num_threads(1)
-    try:
-        with torch.no_grad():
-            return _bench(device, quick, repeats, gamma)
-    finally:
-        torch.set_num_threads(threads)
+    with cpu_threads(1, device), torch.no_grad():
+        return _bench(device, quick, repeats, gamma)
 
 
 def _bench(device, quick: bool, repeats: int, gamma: int) -> tuple[str, dict]:

@@ -10,7 +10,8 @@ and p99 (the tail a real-time system must budget for). Compare methods by ratios
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -24,6 +25,19 @@ def resolve_device(device=None) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device is 'cuda' but no CUDA GPU is available")
     return device
+
+
+@contextmanager
+def cpu_threads(n: int, device) -> Iterator[None]:
+    """Run with n intra-op threads on the CPU, restored afterwards (a no-op on other devices). Small models
+    gain little from a second thread, and on a shared 2-core machine it makes timings erratic."""
+    threads = torch.get_num_threads()
+    if torch.device(device).type == "cpu":
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def synchronize(device=None) -> None:

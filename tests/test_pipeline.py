@@ -289,6 +289,8 @@ def test_bad_input_raises_clear_errors(shipped, monkeypatch):
         load_pipeline(steps=0)
     with pytest.raises(ValueError, match=r"n_sink must be an int in \[0, 4\]"):
         load_pipeline(steps=4, stagger=True, n_sink=6)  # 4 chunks in flight + the refill leave 6 frames
+    with pytest.raises(ValueError, match="give steps <= 6"):
+        load_pipeline(stagger=True)  # video-df's own 8 steps: 8 chunks in flight do not fit in 16 frames
     real = pipeline_module.load_pretrained
 
     def student(name, device=None, kind=None):  # a distilled student knows its schedules
