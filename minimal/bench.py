@@ -24,6 +24,7 @@ BENCHMARKS = {
     "flows-imf": "minimal.flow_bench:bench_imf",
     "video": "minimal.video_bench:bench",
     "toybench": "minimal.toybench_bench:bench",
+    "self-forcing": "minimal.self_forcing_bench:bench",
     "pipeline": "minimal.pipeline_bench:bench",
     "soak": "minimal.pipeline_bench:soak",
 }

@@ -117,6 +117,10 @@ SHIPPED = {
     "video-tf": Shipped("video", "minimal.video_recipes:train_teacher_forcing", steps=8, needs=("frame-ae",)),
     "video-df": Shipped("video", "minimal.video_recipes:train_diffusion_forcing", steps=8, needs=("frame-ae",)),
     "video-tfn": Shipped("video", "minimal.video_recipes:train_noisy_teacher_forcing", steps=8, needs=("frame-ae",)),
+    "video-sf": Shipped("video", "minimal.self_forcing_recipes:train_video_sf", steps=4,
+                        needs=("video-df", "frame-ae")),
+    "video-sf1": Shipped("video", "minimal.self_forcing_recipes:train_video_sf1", steps=1,
+                         needs=("video-df", "frame-ae")),
 }
 
 

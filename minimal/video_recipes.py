@@ -42,9 +42,11 @@ def check_model(name: str) -> str:
     return name
 
 
-def eval_actions(n_videos: int, n_frames: int, seed: int = 0, hold: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
-    """Held-out conditioning: random actions held for `hold` frames (B, F) and scenes (B,)."""
-    g = torch.Generator().manual_seed(seed)
+def eval_actions(n_videos: int, n_frames: int, seed: int = 0, hold: int = 4,
+                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Held-out conditioning: random actions held for `hold` frames (B, F) and scenes (B,), drawn from
+    `generator` if given (training conditions), else from a generator seeded with `seed`."""
+    g = generator if generator is not None else torch.Generator().manual_seed(seed)
     acts = torch.randint(0, len(ACTIONS), (n_videos, -(-n_frames // hold)), generator=g)
     scenes = torch.randint(0, CONFIG.n_scenes, (n_videos,), generator=g)
     return acts.repeat_interleave(hold, 1)[:, :n_frames], scenes

@@ -33,3 +33,18 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def random_weights(model: torch.nn.Module, seed: int = 0, std: float = 0.1) -> torch.nn.Module:
+    """Every weight random (adaLN-Zero would otherwise make an untrained video model ignore its input)."""
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, std)
+    return model.eval()
+
+
+@pytest.fixture
+def randomise():
+    """random_weights, for tests that need a model whose output depends on every input."""
+    return random_weights

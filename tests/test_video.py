@@ -604,8 +604,8 @@ def test_bad_input_raises_clear_errors():
             video_loss("teacher_forcing", model, noise, actions, scenes, context_noise=bad)
     with pytest.raises(ValueError, match="context_noise .* diffusion_forcing has no clean half"):
         video_loss("diffusion_forcing", model, noise, actions, scenes, context_noise=0.5)
-    with pytest.raises(ValueError, match="unknown video model 'video-sf'"):
-        load_video_model("video-sf")
+    with pytest.raises(ValueError, match="unknown video model 'video-xl'"):
+        load_video_model("video-xl")
     with pytest.raises(ValueError, match="unknown video model 'text-gpt'"):
         load_video_model("text-gpt")
     with pytest.raises(ValueError, match="context_noise .* must be 0"):
