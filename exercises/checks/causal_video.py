@@ -21,7 +21,7 @@ from minimal.diffusion_forcing import teacher_forcing_mask as reference_teacher_
 from minimal.video_model import VideoConfig, VideoTransformer
 from minimal.video_model import block_causal_mask as reference_block_causal_mask
 
-from .common import expect_raises, expect_shape, fail, passed, single_thread
+from .common import call_student, expect_raises, expect_shape, fail, passed, single_thread
 
 MASK_SIZES = ((4, 2, 3), (1, 1, 1), (4, 1, 2), (6, 3, 2), (8, 4, 5), (3, 3, 4), (4, 2, 16))
 TF_SIZES = ((4, 2, 3), (6, 3, 2), (3, 1, 2), (2, 2, 4), (8, 4, 1))
@@ -39,20 +39,6 @@ def tiny_video_model(seed: int = 0) -> VideoTransformer:
             scale = 1 / math.sqrt(p.shape[-1]) if p.ndim == 2 else 0.1
             p.copy_(torch.randn(p.shape, generator=g) * scale)
     return model
-
-
-def _call(what: str, fn, *args, hint: str | None = None, **kwargs):
-    """Call the student's function; an unexpected error becomes a readable failure (stubs pass through)."""
-    try:
-        return fn(*args, **kwargs)
-    except AssertionError:
-        raise
-    except NotImplementedError as e:
-        if "your code here" in str(e):  # a stub: say so
-            raise
-        fail(what, "no error", f"NotImplementedError: {e}"[:300], hint)  # an operation torch lacks
-    except Exception as e:  # noqa: BLE001 - report any crash of the student's code as a failed check
-        fail(what, "no error", f"{type(e).__name__}: {e}"[:300], hint)
 
 
 def _token(i: int, chunk: int, P: int, half: str = "") -> str:
@@ -145,7 +131,7 @@ def check_block_causal_mask(block_causal_mask) -> None:
             "L = n_frames * tokens_per_frame, rows = queries, columns = keys")
     for n_frames, chunk, P in MASK_SIZES:
         what = f"block_causal_mask(n_frames={n_frames}, chunk={chunk}, tokens_per_frame={P})"
-        got = _call(what, block_causal_mask, n_frames, chunk, P, hint=hint)
+        got = call_student(what, block_causal_mask, n_frames, chunk, P, hint=hint)
         L = n_frames * P
         got = _expect_bool_mask(what, got, (L, L), hint)
         _diagnose_block(what, got, reference_block_causal_mask(n_frames, chunk, P), n_frames, chunk, P)
@@ -223,7 +209,7 @@ def check_teacher_forcing_mask(teacher_forcing_mask) -> None:
             "[clean | noisy]: torch.cat the quadrants along dim=1, then the two rows of quadrants along dim=0")
     for n_frames, chunk, P in TF_SIZES:
         what = f"teacher_forcing_mask(n_frames={n_frames}, chunk={chunk}, tokens_per_frame={P})"
-        got = _call(what, teacher_forcing_mask, n_frames, chunk, P, hint=hint)
+        got = call_student(what, teacher_forcing_mask, n_frames, chunk, P, hint=hint)
         L = n_frames * P
         got = _expect_bool_mask(what, got, (2 * L, 2 * L), hint)
         _diagnose_tf(what, got, reference_teacher_forcing_mask(n_frames, chunk, P), n_frames, chunk, P)
@@ -279,17 +265,17 @@ def check_prefix_change(prefix_change, block_causal_mask) -> None:
         for label, z_other, mask, n_frames in cases:
             what = f"prefix_change(model, z, z_other, t, actions, scene, mask, n_frames) with {label}"
             want = reference(z_other, mask, n_frames)
-            got = _as_float(what, _call(what, prefix_change, model, z, z_other, t, actions, scene, mask, n_frames,
-                                        hint=hint), hint)
+            got = call_student(what, prefix_change, model, z, z_other, t, actions, scene, mask, n_frames, hint=hint)
+            got = _as_float(what, got, hint)
             if not abs(got - want) <= 1e-5 + 1e-4 * want:  # also catches NaN
                 fail(what, f"{want:.6g} (recomputed: the model run on both inputs)", f"{got:.6g}", hint)
             found[label] = got
         what = "block_causal_mask(4, 2, 16)"
-        mask = _call(what, block_causal_mask, F, c, P)
+        mask = call_student(what, block_causal_mask, F, c, P)
         mask = _expect_bool_mask(what, mask, (F * P, F * P), "your block_causal_mask of Part 1")
         what = ("prefix_change(model, z, z_other, ..., mask=your block_causal_mask(4, 2, 16), n_frames=2), "
                 "z_other = z with chunk 2 replaced")
-        yours = _as_float(what, _call(what, prefix_change, model, z, z_late, t, actions, scene, mask, c), hint)
+        yours = _as_float(what, call_student(what, prefix_change, model, z, z_late, t, actions, scene, mask, c), hint)
     if not yours <= ATOL_CHANGE:
         fail(what + ": the outputs of chunk 1 must not depend on chunk 2", f"<= {ATOL_CHANGE:g}", f"{yours:.3g}",
              "under your mask a token of chunk 1 attends to a token of chunk 2: fix Part 1 (M[i, j] = "

@@ -26,7 +26,7 @@ from minimal.mean_flow import gaussian_average_velocity, gaussian_velocity
 from minimal.mean_flow import mean_flow_sample as reference_mean_flow_sample
 from minimal.mean_flow import mean_flow_target as reference_mean_flow_target
 
-from .common import expect_close, expect_equal, expect_shape, expect_tensor, fail, passed, single_thread
+from .common import call_student, expect_close, expect_equal, expect_shape, expect_tensor, fail, passed, single_thread
 
 M, S = 0.7, 0.5  # Gaussian data x ~ N(M, S^2 I): its flow from noise e is x = M + S e
 
@@ -87,16 +87,6 @@ def _describe(a) -> str:
     if isinstance(a, torch.Tensor):
         return f"tensor of shape {tuple(a.shape)}"
     return f"{type(a).__name__} {a!r}"[:80]
-
-
-def _call(what: str, fn, *args, hint: str | None = None, **kwargs):
-    """Call the student's function; an unexpected error becomes a readable failure (stubs pass through)."""
-    try:
-        return fn(*args, **kwargs)
-    except (NotImplementedError, AssertionError):
-        raise
-    except Exception as e:  # noqa: BLE001 - report any crash of the student's code as a failed check
-        fail(what, "no error", f"{type(e).__name__}: {e}"[:300], hint)
 
 
 def _pair(what: str, out, names: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -173,7 +163,7 @@ def check_interpolate(interpolate) -> None:
         for label, t in (("t = 0 (data)", torch.zeros(B)), ("t = 1 (noise)", torch.ones(B)),
                          ("random t in (0, 1)", torch.rand(B, generator=g))):
             what = f"interpolate(x, e, t) for x, e of shape {shape}, {label}"
-            z, v = _pair(what, _call(what, interpolate, x, e, t, hint=hint), "z_t, v")
+            z, v = _pair(what, call_student(what, interpolate, x, e, t, hint=hint), "z_t, v")
             worst = max(worst, _close_or_diagnose(
                 f"{what}: z_t", z, reference_interpolate(x, e, t), 1e-6, hint,
                 {"t and 1 - t swapped (t = 0 would be the noise)": reference_interpolate(e, x, t)}))
@@ -200,7 +190,7 @@ def check_fm_loss(flow_matching_loss) -> None:
 
     # 1. a network that predicts 0: the loss is the mean squared velocity, whatever t
     what = "flow_matching_loss(net = 0, x, e, t)"
-    loss = _call(what, flow_matching_loss, lambda z, t, h, y=None: torch.zeros_like(z), x, e, t)
+    loss = call_student(what, flow_matching_loss, lambda z, t, h, y=None: torch.zeros_like(z), x, e, t)
     expect_shape(what + " (a scalar)", loss, (), "average over the batch and the data dimensions: .mean()")
     expect_close(what + ": with a network that predicts 0 the loss is mean((e - x)^2)", loss.detach(),
                  ((e - x) ** 2).mean(), 1e-5,
@@ -209,7 +199,7 @@ def check_fm_loss(flow_matching_loss) -> None:
     # 2. what the network is given: one call with (z_t, t, h = 0, y)
     rec = Recorder(TinyNet(D, seed=2))
     what = "flow_matching_loss(net, x, e, t, y)"
-    loss = _call(what, flow_matching_loss, rec, x, e, t, y)
+    loss = call_student(what, flow_matching_loss, rec, x, e, t, y)
     expect_equal(what + ": number of network calls", len(rec.calls), 1)
     z_in, t_in, h_in, y_in = rec.calls[0]
     expect_close(what + ": the z given to the network", z_in, reference_interpolate(x, e, t), 1e-6,
@@ -252,7 +242,7 @@ def check_euler_sample(euler_sample) -> None:
     for n in (1, 4):
         rec = Recorder(exact_v)
         what = f"euler_sample(net, e, steps={n})"
-        out = _call(what, euler_sample, rec, e[:4], n, hint=hint)
+        out = call_student(what, euler_sample, rec, e[:4], n, hint=hint)
         expect_shape(what, out, (4, 2), "return the final state z_0 only, shape of e")
         _expect_calls(what, rec, torch.linspace(1, 0, n + 1)[:-1], torch.zeros(n), 4, hint)
 
@@ -295,7 +285,7 @@ def check_r_t(r_t_from_draws) -> None:
     a, b = torch.rand(12, generator=g), torch.rand(12, generator=g)
     equal = torch.tensor([True, False] * 6)
     what = "r_t_from_draws(a, b, equal)"
-    r, t = _pair(what, _call(what, r_t_from_draws, a, b, equal), "r, t")
+    r, t = _pair(what, call_student(what, r_t_from_draws, a, b, equal), "r, t")
     want_t = torch.maximum(a, b)
     want_r = torch.where(equal, want_t, torch.minimum(a, b))
     variants = {"an inverted mask (r = t where equal is False)": torch.where(equal, torch.minimum(a, b), want_t)}
@@ -350,7 +340,7 @@ def check_mean_flow_target(mean_flow_target) -> None:
     v = gaussian_velocity(z, t, M, S)
     rec = Recorder(exact_u, record=False)
     what = "mean_flow_target(exact u of Gaussian data, z, r, t, exact v)"
-    u, u_tgt = _pair(what, _call(what, mean_flow_target, rec, z, r, t, v, hint=hint), "u, u_tgt")
+    u, u_tgt = _pair(what, call_student(what, mean_flow_target, rec, z, r, t, v, hint=hint), "u, u_tgt")
     expect_equal(what + ": network evaluations (the JVP returns u and du/dt from one call)", rec.n_calls, 1,
                  "one torch.func.jvp evaluates the network once and gives both u and du/dt; no finite differences")
     expect_close(what + ": u, the network at (z, t, h = t - r)", u, gaussian_average_velocity(z, r, t, M, S), 1e-10,
@@ -381,7 +371,7 @@ def check_mean_flow_target(mean_flow_target) -> None:
     z4, v4 = (torch.randn(5, 2, 3, 3, generator=g, dtype=torch.float64) for _ in range(2))
     r4, t4 = _interval(5, g)
     what = "mean_flow_target(net, z, r, t, v) for z of shape (5, 2, 3, 3)"
-    u, u_tgt = _pair(what, _call(what, mean_flow_target, net4, z4, r4, t4, v4, hint=hint), "u, u_tgt")
+    u, u_tgt = _pair(what, call_student(what, mean_flow_target, net4, z4, r4, t4, v4, hint=hint), "u, u_tgt")
     expect_close(what + ": u_tgt against minimal.mean_flow.mean_flow_target", u_tgt,
                  reference_mean_flow_target(net4, z4, r4, t4, v4)[1], 1e-10,
                  "reshape t - r (B,) to (B, 1, 1, 1) so it scales every element of sample b")
@@ -397,7 +387,7 @@ def check_mean_flow_target_gradients(mean_flow_target) -> None:
     z, v = torch.randn(6, 2, generator=g), torch.randn(6, 2, generator=g)
     r, t = torch.full((6,), 0.2), torch.full((6,), 0.7)
     what = "mean_flow_target(net, z, r, t, v) with a trainable network"
-    u, u_tgt = _pair(what, _call(what, mean_flow_target, net, z, r, t, v), "u, u_tgt")
+    u, u_tgt = _pair(what, call_student(what, mean_flow_target, net, z, r, t, v), "u, u_tgt")
     if u_tgt.requires_grad:
         fail(what + ": u_tgt must be a constant target (stop-gradient)", "u_tgt.requires_grad False", "True",
              "return u_tgt.detach(): the loss must not back-propagate through the JVP (second derivatives)")
@@ -441,7 +431,7 @@ def check_adaptive_loss(adaptive_loss) -> None:
                         "summing over the batch instead of averaging": (delta / (delta + c) ** p).sum()}
             u = u0.clone().requires_grad_(True)
             what = f"adaptive_loss(u, u_tgt, p={p}, c={c}) for u of shape {shape}"
-            loss = _call(what, adaptive_loss, u, u_tgt, p, c, hint=hint)
+            loss = call_student(what, adaptive_loss, u, u_tgt, p, c, hint=hint)
             expect_shape(what + " (a scalar)", loss, (), "average the weighted per-sample errors over the batch")
             worst = max(worst, _close_or_diagnose(what + ": value", loss, ref, 1e-10, hint, variants))
             if not loss.requires_grad:
@@ -472,7 +462,7 @@ def check_mean_flow_sample(mean_flow_sample) -> None:
     for n in (1, 4):
         rec = Recorder(exact_u)
         what = f"mean_flow_sample(net, e, steps={n})"
-        out = _call(what, mean_flow_sample, rec, e[:4], n, hint=hint)
+        out = call_student(what, mean_flow_sample, rec, e[:4], n, hint=hint)
         expect_shape(what, out, (4, 2), "return the final state only, shape of e")
         _expect_calls(what, rec, torch.linspace(1, 0, n + 1)[:-1], torch.full((n,), 1 / n), 4, hint)
 

@@ -25,23 +25,9 @@ from minimal.self_forcing import clean_prediction, dmd_loss, rollout_with_exit, 
 from minimal.video_model import VideoConfig, VideoTransformer
 from minimal.video_sampling import sample_video
 
-from .common import expect_close, expect_raises, expect_shape, expect_tensor, fail, passed, single_thread
+from .common import call_student, expect_close, expect_raises, expect_shape, expect_tensor, fail, passed, single_thread
 
 ATOL = 1e-9  # float64 throughout
-
-
-def _call(what: str, fn, *args, hint: str | None = None):
-    """Call the student's function; an unexpected error becomes a readable failure (stubs pass through)."""
-    try:
-        return fn(*args)
-    except AssertionError:
-        raise
-    except NotImplementedError as e:
-        if "your code here" in str(e):  # a stub: say so
-            raise
-        fail(what, "no error", f"NotImplementedError: {e}"[:300], hint)
-    except Exception as e:  # noqa: BLE001 - report any crash of the student's code as a failed check
-        fail(what, "no error", f"{type(e).__name__}: {e}"[:300], hint)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -107,7 +93,8 @@ def check_dmd_direction(dmd_direction) -> None:
         x, x_real, x_fake = _batch(shape, scales, seed=n)
         what = f"dmd_direction on a batch of shape {shape}, samples of sizes {scales}"
         x_in = x.clone().requires_grad_(True)  # as in training: x is the student's rollout
-        got = expect_tensor(what, _call(what, dmd_direction, x_in, x_real, x_fake, hint=DIRECTION_HINT), DIRECTION_HINT)
+        got = call_student(what, dmd_direction, x_in, x_real, x_fake, hint=DIRECTION_HINT)
+        got = expect_tensor(what, got, DIRECTION_HINT)
         if got.requires_grad:
             fail(what + ": the direction carries a gradient", "a constant (requires_grad False)",
                  "a tensor that requires grad", "g is a fixed step for x, not part of the graph: compute it under "
@@ -120,7 +107,7 @@ def check_dmd_direction(dmd_direction) -> None:
     x, x_real, x_fake = _batch((2, 6), (1.0, 1.0), seed=7)
     x_real[1] = x[1]  # the teacher agrees with sample 1 exactly
     what = "dmd_direction where x == x_real for sample 1"
-    got = _call(what, dmd_direction, x, x_real, x_fake, hint=DIRECTION_HINT)
+    got = call_student(what, dmd_direction, x, x_real, x_fake, hint=DIRECTION_HINT)
     _diagnose(what, got, reference_direction(x, x_real, x_fake), {}, "clamp the normaliser: n.clamp(min=1e-6), "
               "so that a sample the teacher already finds perfect gives a finite step")
     passed("check_dmd_direction", "per-sample normaliser on samples of sizes 1e-3 to 100, video-shaped and flat; "
@@ -144,7 +131,7 @@ def check_dmd_surrogate(dmd_surrogate) -> None:
         x = torch.randn(shape, generator=g, dtype=torch.float64, requires_grad=True)
         d = 3 * torch.randn(shape, generator=g, dtype=torch.float64)
         what = f"dmd_surrogate(x, g), shape {shape}"
-        loss = expect_tensor(what, _call(what, dmd_surrogate, x, d, hint=SURROGATE_HINT), SURROGATE_HINT)
+        loss = expect_tensor(what, call_student(what, dmd_surrogate, x, d, hint=SURROGATE_HINT), SURROGATE_HINT)
         if loss.ndim != 0:
             fail(what, "a scalar (0-dimensional tensor)", f"shape {tuple(loss.shape)}", SURROGATE_HINT)
         expect_close(what + ": the value", loss.detach(), 0.5 * d.square().mean(), ATOL, SURROGATE_HINT)
@@ -179,7 +166,7 @@ def check_dmd_on_gaussians(dmd_direction, dmd_surrogate) -> None:
     x0, x_real, x_fake = _batch((4, 8, 3), (0.1, 1.0, 10.0, 1.0), seed=20)
     x = x0.clone().requires_grad_(True)
     what = "dmd_surrogate(x, dmd_direction(x, x_real, x_fake))"
-    ours = _call(what, lambda: dmd_surrogate(x, dmd_direction(x, x_real, x_fake)))
+    ours = call_student(what, lambda: dmd_surrogate(x, dmd_direction(x, x_real, x_fake)))
     expect_tensor(what, ours)
     x_lib = x0.clone().requires_grad_(True)
     lib = dmd_loss(x_lib, x_real, x_fake)
@@ -196,7 +183,7 @@ def check_dmd_on_gaussians(dmd_direction, dmd_surrogate) -> None:
         with torch.no_grad():
             x_real, x_fake = gaussian_denoiser(2.0, 0.5)(z, t), gaussian_denoiser(mu, log_sigma.exp())(z, t)
         opt.zero_grad()
-        step = _call("the Gaussian toy's loss",
+        step = call_student("the Gaussian toy's loss",
                      lambda a=x, b=x_real, f=x_fake: dmd_surrogate(a, dmd_direction(a, b, f)))
         step.backward()
         opt.step()
@@ -237,7 +224,7 @@ def check_renoise(renoise) -> None:
     z, x_hat = torch.randn(2, 3, 8, generator=g, dtype=torch.float64)
     for t, t_next in ((1.0, 0.75), (0.75, 0.5), (0.5, 0.25), (0.25, 0.0), (1.0, 0.0), (0.9, 0.3)):
         what = f"renoise(z, x_hat, t={t}, t_next={t_next})"
-        got = _call(what, renoise, z, x_hat, t, t_next, hint=RENOISE_HINT)
+        got = call_student(what, renoise, z, x_hat, t, t_next, hint=RENOISE_HINT)
         want = z - (t - t_next) * (z - x_hat) / t
         hint = RENOISE_HINT
         if isinstance(got, torch.Tensor) and got.shape == want.shape and t_next > 0:
@@ -257,8 +244,8 @@ def check_renoise(renoise) -> None:
                 a, z = actions[:, k * c:(k + 1) * c], noise[:, k * c:(k + 1) * c]
                 for i in range(steps):
                     x_hat = clean_prediction(model, z, torch.full((2, c), ts[i], dtype=z.dtype), a, scene, cache=cache)
-                    z = _call(f"renoise inside the sampler, chunk {k}, t={ts[i]} -> {ts[i + 1]}", renoise, z, x_hat,
-                              ts[i], ts[i + 1], hint=RENOISE_HINT)
+                    what = f"renoise inside the sampler, chunk {k}, t={ts[i]} -> {ts[i + 1]}"
+                    z = call_student(what, renoise, z, x_hat, ts[i], ts[i + 1], hint=RENOISE_HINT)
                 model(z, torch.zeros(2, c, dtype=z.dtype), a, scene, cache=cache)
                 cache.advance(c * cfg.tokens_per_frame)
                 chunks.append(z)
@@ -319,7 +306,7 @@ def check_rollout_calls(rollout_calls) -> None:
     cases = [(4, [0, 3, 1, 2]), (4, [3, 3, 3, 3]), (4, [0, 0, 0, 0]), (4, [2, 1, 0, 3]), (1, [0, 0, 0, 0])]
     for steps, exits in cases:
         what = f"rollout_calls(steps={steps}, exits={exits})"
-        got = _normalise_calls(what, _call(what, rollout_calls, steps, list(exits), hint=CALLS_HINT))
+        got = _normalise_calls(what, call_student(what, rollout_calls, steps, list(exits), hint=CALLS_HINT))
         want = library_calls(steps, exits)
         for n, (a, b) in enumerate(zip(got, want, strict=False)):
             if a != b:
