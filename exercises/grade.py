@@ -4,10 +4,19 @@
     python exercises/grade.py submissions/*/01_kv_cache.ipynb --csv grades.csv
 
 Each notebook runs top to bottom in a fresh kernel whose working directory is exercises/student/, so it
-imports the checks from this repository's exercises/checks/. Before running, every cell tagged `check`
-is replaced by the official one from the student copy of the same exercise (matched by cell id; a
-deleted check is appended at the end), so an edited check cannot pass. A check passes when its cell
-runs without an error. Exit status: 0 if every check of every notebook passed, else 1.
+imports the checks from this repository's exercises/checks/. Before it runs:
+
+- every cell tagged `check` is replaced by the official one from the student copy of the same exercise
+  (matched by cell id; a deleted check is appended at the end), so an edited check cannot pass;
+- every check cell is armed: it starts by dropping the `checks` modules the notebook imported (so the
+  check imports them fresh, and a check name or function the notebook rebound or patched is gone), then
+  refuses to run if the notebook replaced a function of `minimal` or `torch` with its own, and ends by
+  printing a secret token.
+
+A check passes when its cell runs to its end: no error, and the token printed (a notebook that swallows
+errors, say with a custom exception handler, stops the cell before the token and fails). The checks
+themselves fail a function that is, or calls, the library's own answer (checks/common.py, `answers`).
+Exit status: 0 if every check of every notebook passed, else 1.
 """
 
 from __future__ import annotations
@@ -15,6 +24,7 @@ from __future__ import annotations
 import argparse
 import copy
 import csv
+import secrets
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,9 +81,42 @@ def with_official_checks(nb, official) -> nbformat.NotebookNode:
     return nb
 
 
+PROLOGUE = """\
+# -- armed by exercises/grade.py: the checks are imported fresh, the library must be as shipped --
+import sys as _grade_sys
+_grade_sys.path.insert(0, {exercises!r})
+for _grade_m in [m for m in _grade_sys.modules if m == "checks" or m.startswith("checks.")]:
+    del _grade_sys.modules[_grade_m]
+with __import__("warnings").catch_warnings():
+    __import__("warnings").simplefilter("ignore")
+    _grade_patched = [f"{{n}}.{{a}}" for n, mod in list(_grade_sys.modules.items())
+                      if n.split(".")[0] in ("minimal", "torch") and mod is not None
+                      for a, v in list(getattr(mod, "__dict__", {{}}).items())
+                      if getattr(v, "__module__", None) == "__main__"]
+if _grade_patched:
+    raise RuntimeError("the notebook replaced library functions with its own, which the checks rely on: "
+                       + ", ".join(_grade_patched[:5]))
+# -- the official check --
+"""
+EPILOGUE = "\n# -- armed by exercises/grade.py --\nprint({token!r})\n"
+NOT_COMPLETED = "CheckNotCompleted"
+
+
+def arm(nb, exercises: Path = HERE) -> tuple[nbformat.NotebookNode, dict[str, str]]:
+    """A copy of nb whose check cells import their checks fresh and print a token at their end."""
+    nb, tokens = copy.deepcopy(nb), {}
+    for cell in nb.cells:
+        if is_check(cell):
+            token = f"check completed {secrets.token_hex(8)}"
+            tokens[cell.get("id", "")] = token
+            cell.source = PROLOGUE.format(exercises=str(exercises)) + cell.source + EPILOGUE.format(token=token)
+    return nb, tokens
+
+
 def run_notebook(nb, cwd: Path = STUDENT, timeout: int = 300) -> list[CellResult]:
-    """Execute nb in a fresh kernel (errors allowed) and report every code cell."""
-    nb = copy.deepcopy(nb)
+    """Execute nb, check cells armed, in a fresh kernel (errors allowed) and report every code cell."""
+    originals = [c.source for c in nb.cells]
+    nb, tokens = arm(nb)
     for cell in nb.cells:
         if cell.cell_type == "code":
             cell.outputs = []
@@ -81,15 +124,23 @@ def run_notebook(nb, cwd: Path = STUDENT, timeout: int = 300) -> list[CellResult
                             resources={"metadata": {"path": str(cwd)}})
     client.execute()
     results = []
-    for index, cell in enumerate(nb.cells):
+    for index, (cell, source) in enumerate(zip(nb.cells, originals, strict=True)):
         if cell.cell_type != "code":
             continue
-        result = CellResult(index, cell.get("id", ""), cell.source, is_check(cell))
+        result = CellResult(index, cell.get("id", ""), source, is_check(cell))
         for out in cell.outputs:
             if out.output_type == "error":
                 result.error, result.message = out.ename, out.evalue
             elif out.output_type == "stream" and out.name == "stdout":
                 result.stdout += out.text
+        if result.check:
+            token = tokens[result.cell_id]
+            if token + "\n" in result.stdout:
+                result.stdout = result.stdout.replace(token + "\n", "")
+            elif result.error is None:
+                result.error = NOT_COMPLETED
+                result.message = ("the check cell stopped before its end without an error shown: something "
+                                  "in the notebook hid the check's failure")
         results.append(result)
     return results
 

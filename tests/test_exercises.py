@@ -6,10 +6,17 @@ For every exercises/solutions/NN_topic.ipynb:
 - the student copy runs in a fresh kernel, every check cell fails (NotImplementedError or AssertionError)
   and no other cell fails, so no check passes vacuously;
 - each known wrong solution in NN_topic.mutants.json (an off-by-one, a missing mask offset...) fails at
-  least one check: the checks are meaningful, not only "not a stub".
+  least one check: the checks are meaningful, not only "not a stub";
+- every check cell imports its checks itself, every check names the library's answers (`@answers`), and
+  the library's own function in the student's place fails its check, imported or wrapped;
+- the grader fails a submission that rebinds a check, patches the checks or the library, swallows the
+  checks' errors, or imports the answers from `minimal`, and an empty skeleton.
 """
 
+import ast
+import importlib
 import importlib.util
+import inspect
 import json
 import re
 import sys
@@ -99,15 +106,18 @@ def test_every_student_check_fails(solution):
             f"or AssertionError, got {r.error or 'no error'}")
 
 
-def _run_in_process(nb, cwd: Path, monkeypatch) -> dict[str, BaseException | None]:
-    """Execute the notebook's code cells in this process (much faster than a kernel); check cell -> error."""
+def _run_in_process(nb, cwd: Path, monkeypatch, only: set[str] | None = None) -> dict[str, BaseException | None]:
+    """Execute the notebook's code cells in this process (much faster than a kernel); check cell -> error.
+
+    The check cells are armed as the grader arms them; with `only`, the other check cells are skipped."""
     monkeypatch.chdir(cwd)
     monkeypatch.setattr(sys, "path", list(sys.path))
     for name in [m for m in sys.modules if m == "checks" or m.startswith("checks.")]:
         monkeypatch.delitem(sys.modules, name)
+    armed, _ = grade.arm(nb)
     namespace, results = {"__name__": "__main__"}, {}
-    for cell in nb.cells:
-        if cell.cell_type != "code":
+    for cell in armed.cells:
+        if cell.cell_type != "code" or (only is not None and grade.is_check(cell) and cell.id not in only):
             continue
         source = "\n".join(line for line in cell.source.split("\n") if not line.lstrip().startswith(("%", "!")))
         try:
@@ -187,3 +197,119 @@ def test_grading_restores_tampered_and_deleted_checks():
     want = [(c.id, c.source) for c in official.cells if grade.is_check(c)]
     got = [(c.id, c.source) for c in graded.cells if grade.is_check(c)]
     assert sorted(got) == sorted(want)
+
+
+# --- the checks measure the student's work, not the library's --------------------------------------------
+
+def _check_calls(cell) -> list[tuple[str, str, list[str]]]:
+    """(module, check, [argument names]) for every check_ call in a check cell."""
+    tree = ast.parse(cell.source)
+    modules = {alias.name: node.module.split(".", 1)[1] for node in ast.walk(tree)
+               if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("checks.")
+               for alias in node.names}
+    return [(modules.get(node.func.id), node.func.id, [a.id for a in node.args if isinstance(a, ast.Name)])
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id.startswith("check_")]
+
+
+@pytest.mark.parametrize("solution", SOLUTIONS, ids=IDS)
+def test_check_cells_import_their_checks_and_name_the_answers(solution, monkeypatch):
+    """Each check cell imports its check (so rebinding the name before does nothing); each check has @answers."""
+    monkeypatch.syspath_prepend(str(EXERCISES))
+    nb = nbformat.read(solution, as_version=4)
+    for cell in (c for c in nb.cells if grade.is_check(c)):
+        for module, check, _ in _check_calls(cell):
+            assert module is not None, (f"check cell {cell.id} calls {check} without importing it in the same "
+                                        f"cell: add `from checks.<topic> import {check}` at its top")
+            fn = getattr(importlib.import_module(f"checks.{module}"), check)
+            assert hasattr(fn, "answers"), (f"checks/{module}.py: {check} has no @answers(...) naming the library "
+                                            "objects that answer each argument (() for none)")
+    for name in [m for m in sys.modules if m == "checks" or m.startswith("checks.")]:
+        monkeypatch.delitem(sys.modules, name)
+
+
+def _answer_cases():
+    sys.path.insert(0, str(EXERCISES))
+    try:
+        for solution in SOLUTIONS:
+            nb = nbformat.read(solution, as_version=4)
+            for cell in (c for c in nb.cells if grade.is_check(c)):
+                for module, check, args in _check_calls(cell):
+                    fn = getattr(importlib.import_module(f"checks.{module}"), check)
+                    params, declared = list(inspect.signature(fn).parameters), getattr(fn, "answers", {})
+                    for name, param in zip(args, params, strict=False):
+                        library = next((a for a in declared.get(param, ()) if callable(a)), None)
+                        if library is None:
+                            continue
+                        for how in ("imported", "wrapped"):
+                            yield pytest.param(solution, cell.id, name, library.__module__, library.__name__, how,
+                                               id=f"{solution.stem}-{cell.id}-{name}-{how}")
+    finally:
+        sys.path.remove(str(EXERCISES))
+        for name in [m for m in sys.modules if m == "checks" or m.startswith("checks.")]:
+            del sys.modules[name]
+
+
+@pytest.mark.parametrize(("solution", "cell_id", "name", "module", "attr", "how"), list(_answer_cases()))
+def test_library_answer_fails_its_check(solution, cell_id, name, module, attr, how, monkeypatch):
+    """The solution with the library's answer put in the student's place (imported, or wrapped) fails."""
+    nb = nbformat.read(solution, as_version=4)
+    at = next(i for i, c in enumerate(nb.cells) if c.get("id") == cell_id)
+    if how == "imported":
+        source = f"from {module} import {attr} as {name}"
+    else:
+        source = (f"from {module} import {attr} as _library\n"
+                  f"if isinstance(_library, type):\n    class {name}(_library):\n        pass\n"
+                  f"else:\n    def {name}(*args, **kwargs):\n        return _library(*args, **kwargs)")
+    cheat = nbformat.v4.new_code_cell(source)
+    cheat.id = "library-answer"
+    nb.cells.insert(at, cheat)
+    results = _run_in_process(nb, solution.parent, monkeypatch, only={cell_id})
+    error = results[cell_id]
+    assert error is not None, f"check cell {cell_id} passed with {module}.{attr} {how} as {name}"
+    assert isinstance(error, AssertionError), repr(error)
+    # refused as the library's; a wrapper around a function of another signature may fail on its call first
+    assert "not the library's" in str(error) or (how == "wrapped" and "TypeError" in str(error)), repr(error)
+
+
+# --- the grader, end to end in a kernel: a submission cannot pass without the work -----------------------
+
+WRONG = ("def accept_reject(p, q, d, generator=None):\n    return 0, torch.tensor([0])\n\n"
+         "def expected_tokens(alpha, gamma):\n    return 0.0\n")
+TAMPER = {
+    "rebinds the checks": "check_accept_reject = check_expected_tokens = lambda *args, **kwargs: print('✓ passed')",
+    "patches the checks module": ("import checks.speculative\n\n"
+                                  "checks.speculative.check_accept_reject = lambda *args, **kwargs: None\n"
+                                  "checks.speculative.check_expected_tokens = lambda *args, **kwargs: None"),
+    "patches the library it is compared with": ("import minimal.speculative\n\n"
+                                                "minimal.speculative.expected_tokens = expected_tokens"),
+    "swallows the checks' errors": "get_ipython().set_custom_exc((BaseException,), lambda *args, **kwargs: None)",
+    "imports the answers from minimal": "from minimal.speculative import accept_reject, expected_tokens",
+}
+
+
+@pytest.mark.parametrize("tamper", list(TAMPER), ids=[t.replace(" ", "-") for t in TAMPER])
+def test_grader_fails_a_tampered_submission(tamper, tmp_path):
+    """Exercise 03 with wrong answers in place of the stubs and a cell that tries to pass anyway: 0 of 2."""
+    official = EXERCISES / "student" / "03_speculative.ipynb"
+    nb = nbformat.read(official, as_version=4)
+    nb.cells = [c for c in nb.cells if c.get("id") not in ("accept-reject", "expected-tokens")]
+    cell = nbformat.v4.new_code_cell(WRONG + "\n" + TAMPER[tamper])
+    cell.id = "tamper"
+    nb.cells.insert(next(i for i, c in enumerate(nb.cells) if c.get("id") == "setup") + 1, cell)
+    path = tmp_path / official.name
+    nbformat.write(nb, path)
+    report = grade.grade(path)
+    assert report.score == (0, 2), [(c.cell_id, c.error, c.message) for c in report.checks]
+    assert not any(c.error for c in report.cells if not c.check), "the tampering cell itself must run"
+    assert grade.main([str(path)]) == 1
+
+
+def test_grader_fails_an_empty_skeleton_and_passes_the_solution(tmp_path, capsys):
+    student = EXERCISES / "student" / "03_speculative.ipynb"
+    assert grade.main([str(student)]) == 1
+    assert "0/2 checks passed" in capsys.readouterr().out
+    solution = tmp_path / student.name  # the solution, handed in under the exercise's name
+    nbformat.write(nbformat.read(EXERCISES / "solutions" / student.name, as_version=4), solution)
+    assert grade.main([str(solution)]) == 0
+    assert "2/2 checks passed" in capsys.readouterr().out

@@ -16,12 +16,14 @@ import math
 
 import torch
 
+from minimal import diffusion_forcing as library_diffusion_forcing
+from minimal import video_model as library_video_model
 from minimal.data import ACTIONS, SCENES
 from minimal.diffusion_forcing import teacher_forcing_mask as reference_teacher_forcing_mask
 from minimal.video_model import VideoConfig, VideoTransformer
 from minimal.video_model import block_causal_mask as reference_block_causal_mask
 
-from .common import call_student, expect_raises, expect_shape, fail, passed, single_thread
+from .common import answers, call_student, expect_raises, expect_shape, fail, passed, single_thread
 
 MASK_SIZES = ((4, 2, 3), (1, 1, 1), (4, 1, 2), (6, 3, 2), (8, 4, 5), (3, 3, 4), (4, 2, 16))
 TF_SIZES = ((4, 2, 3), (6, 3, 2), (3, 1, 2), (2, 2, 4), (8, 4, 1))
@@ -123,6 +125,8 @@ def _diagnose_block(what: str, got: torch.Tensor, want: torch.Tensor, n_frames: 
          f"{bool(got[i, j])} ({int(wrong.sum())} of {L * L} entries wrong)", hint)
 
 
+@answers(block_causal_mask=(library_video_model.block_causal_mask, library_video_model.token_chunks,
+                            library_video_model.chunk_mask))
 @single_thread
 def check_block_causal_mask(block_causal_mask) -> None:
     """M[i, j] = chunk(j) <= chunk(i), chunk(i) = i // (chunk * tokens_per_frame); ValueError if chunk does
@@ -201,6 +205,8 @@ def _diagnose_tf(what: str, got: torch.Tensor, want: torch.Tensor, n_frames: int
              hint)
 
 
+@answers(teacher_forcing_mask=(library_diffusion_forcing.teacher_forcing_mask,
+                               library_video_model.block_causal_mask, library_video_model.token_chunks))
 @single_thread
 def check_teacher_forcing_mask(teacher_forcing_mask) -> None:
     """(2L, 2L) for [clean | noisy]: clean -> clean chunks <= own, clean -> noisy nothing, noisy -> clean chunks
@@ -230,6 +236,7 @@ def _as_float(what: str, value, hint: str) -> float:
     fail(what, "a number (a float, or a tensor with one element)", f"{type(value).__name__} {value!r}"[:200], hint)
 
 
+@answers(prefix_change=(), block_causal_mask=(library_video_model.block_causal_mask, library_video_model.token_chunks))
 @single_thread
 def check_prefix_change(prefix_change, block_causal_mask) -> None:
     """prefix_change(model, z, z_other, ...) = max |v(z) - v(z_other)| over the first n_frames frames, under

@@ -20,13 +20,25 @@ import torch
 import torch.nn as nn
 from torch.func import jvp
 
+from minimal import flow_matching as library_flow_matching
+from minimal import mean_flow as library_mean_flow
 from minimal.flow_matching import euler_sample as reference_euler_sample
 from minimal.flow_matching import interpolate as reference_interpolate
 from minimal.mean_flow import gaussian_average_velocity, gaussian_velocity
 from minimal.mean_flow import mean_flow_sample as reference_mean_flow_sample
 from minimal.mean_flow import mean_flow_target as reference_mean_flow_target
 
-from .common import call_student, expect_close, expect_equal, expect_shape, expect_tensor, fail, passed, single_thread
+from .common import (
+    answers,
+    call_student,
+    expect_close,
+    expect_equal,
+    expect_shape,
+    expect_tensor,
+    fail,
+    passed,
+    single_thread,
+)
 
 M, S = 0.7, 0.5  # Gaussian data x ~ N(M, S^2 I): its flow from noise e is x = M + S e
 
@@ -151,6 +163,7 @@ def _expect_calls(what: str, rec: Recorder, ts: torch.Tensor, hs: torch.Tensor, 
 # Exercise 04: flow matching
 # ---------------------------------------------------------------------------------------------------
 
+@answers(interpolate=library_flow_matching.interpolate)
 @single_thread
 def check_interpolate(interpolate) -> None:
     """interpolate(x, e, t) -> (z_t, v): z_t = (1 - t) x + t e, v = e - x, t (B,) broadcast over data dims."""
@@ -180,6 +193,7 @@ def check_interpolate(interpolate) -> None:
                                 f"v = e - x = dz_t/dt (max |difference| {worst:.1e})")
 
 
+@answers(flow_matching_loss=(library_flow_matching.fm_loss, library_flow_matching.interpolate))
 @single_thread
 def check_fm_loss(flow_matching_loss) -> None:
     """flow_matching_loss(net, x, e, t, y) = mean over all elements of (net(z_t, t, 0, y) - (e - x))^2."""
@@ -229,6 +243,7 @@ def check_fm_loss(flow_matching_loss) -> None:
                             "and its gradient matches a recomputation")
 
 
+@answers(euler_sample=library_flow_matching.euler_sample)
 @single_thread
 def check_euler_sample(euler_sample) -> None:
     """n Euler steps from t = 1 to 0: z_{t - dt} = z_t - dt v(z_t, t), the network called at t = 1, ..., 1/n."""
@@ -278,6 +293,7 @@ def check_euler_sample(euler_sample) -> None:
 # Exercise 05: MeanFlow
 # ---------------------------------------------------------------------------------------------------
 
+@answers(r_t_from_draws=(library_mean_flow.sample_r_t, library_mean_flow._draws))
 @single_thread
 def check_r_t(r_t_from_draws) -> None:
     """(r, t) from two draws a, b and a mask: t = max(a, b), r = min(a, b), r = t where equal."""
@@ -326,6 +342,7 @@ def _target_variants(net, z, r, t, v, y=None) -> dict[str, torch.Tensor]:
             "u_tgt = v (no correction)": v.clone()}
 
 
+@answers(mean_flow_target=(library_mean_flow.mean_flow_target, library_mean_flow.total_derivative))
 @single_thread
 def check_mean_flow_target(mean_flow_target) -> None:
     """u = net(z, t, t - r, y) and u_tgt = v - (t - r) du/dt, du/dt one JVP with tangents (v, 0, 1)."""
@@ -379,6 +396,7 @@ def check_mean_flow_target(mean_flow_target) -> None:
                                      "differences (float64) and the library for vectors and images")
 
 
+@answers(mean_flow_target=(library_mean_flow.mean_flow_target, library_mean_flow.total_derivative))
 @single_thread
 def check_mean_flow_target_gradients(mean_flow_target) -> None:
     """u_tgt is detached (a regression target); u keeps its graph, with the gradient of a plain forward."""
@@ -410,6 +428,7 @@ def _weighted(u0, u_tgt, p, c, stop_gradient: bool) -> tuple[torch.Tensor, torch
     return loss.detach(), torch.autograd.grad(loss, u)[0]
 
 
+@answers(adaptive_loss=(library_mean_flow.adaptive_weight_loss, library_mean_flow.mean_flow_loss))
 @single_thread
 def check_adaptive_loss(adaptive_loss) -> None:
     """mean over the batch of Delta / sg((Delta + c)^p), Delta the per-sample sum of squared errors."""
@@ -449,6 +468,7 @@ def check_adaptive_loss(adaptive_loss) -> None:
                                   f"on vectors and images (max |difference| {worst:.1e})")
 
 
+@answers(mean_flow_sample=library_mean_flow.mean_flow_sample)
 @single_thread
 def check_mean_flow_sample(mean_flow_sample) -> None:
     """n jumps z_r = z_t - (t - r) u(z_t, r, t) over t = 1, 1 - 1/n, ..., 0; one exact jump is the flow map."""

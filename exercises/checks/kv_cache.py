@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import torch
 
+from minimal import kv_cache as library_kv_cache
+from minimal import transformer as library_transformer
 from minimal.kv_cache import KVCache as ReferenceKVCache
 from minimal.kv_cache import generate
 from minimal.transformer import GPT, GPTConfig, attention, causal_mask
 
 from .common import (
+    answers,
     expect_close,
     expect_equal,
     expect_raises,
@@ -48,6 +51,7 @@ def _same_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
     return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
 
 
+@answers(KVCache=library_kv_cache.KVCache)
 @single_thread
 def check_update(KVCache) -> None:
     """update(layer, k, v) writes at [length, length + T) of one layer, in place, and returns views."""
@@ -89,6 +93,7 @@ def check_update(KVCache) -> None:
                            "leaves length to advance()")
 
 
+@answers(KVCache=library_kv_cache.KVCache)
 @single_thread
 def check_capacity(KVCache) -> None:
     """A write that does not fit raises ValueError and changes nothing; one that fills it exactly works."""
@@ -114,6 +119,7 @@ def check_capacity(KVCache) -> None:
     passed("check_capacity", "an overflowing write raises ValueError and changes nothing; an exact fit works")
 
 
+@answers(KVCache=library_kv_cache.KVCache)
 @single_thread
 def check_crop(KVCache) -> None:
     """crop(n) rolls back to n positions (the next write lands at n); n outside [0, length] -> ValueError."""
@@ -139,6 +145,7 @@ def check_crop(KVCache) -> None:
     passed("check_crop", "crop(n) rolls back so the next write lands at n; n outside [0, length] raises ValueError")
 
 
+@answers(KVCache=library_kv_cache.KVCache)
 @single_thread
 @torch.no_grad()
 def check_matches_recompute(KVCache) -> None:
@@ -171,6 +178,8 @@ def check_matches_recompute(KVCache) -> None:
                                       f"max |logit difference| = {worst:.1e} <= {ATOL_LOGITS:g}")
 
 
+@answers(cached_attention=(library_transformer.attention, library_transformer.attention_weights,
+                           library_transformer.CausalSelfAttention))
 @single_thread
 def check_cached_attention(cached_attention) -> None:
     """Chunk by chunk through the cache, the outputs equal full causal attention over the sequence."""
@@ -207,6 +216,7 @@ def _count_token_passes(model: GPT) -> tuple[list[int], object]:
     return counts, model.register_forward_pre_hook(hook, with_kwargs=True)
 
 
+@answers(generate_greedy=(library_kv_cache.generate, library_kv_cache.decode_steps))
 @single_thread
 def check_generate(generate_greedy) -> None:
     """Greedy tokens equal recompute's, at a cost of one token-pass per new token."""
@@ -240,6 +250,7 @@ def check_generate(generate_greedy) -> None:
     passed("check_generate", "greedy tokens equal recompute's, with one token-pass per new token")
 
 
+@answers(kv_cache_bytes=())
 @single_thread
 def check_cache_bytes(kv_cache_bytes) -> None:
     """The memory of a static cache: keys and values for every layer, sequence, head, slot and channel."""

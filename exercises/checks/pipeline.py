@@ -21,13 +21,14 @@ import sys
 
 import torch
 
+from minimal import stream_batch as library_stream_batch
 from minimal.data import ACTIONS
 from minimal.pipeline import StreamPipeline
 from minimal.stream_batch import StreamBatch
 from minimal.video_model import VideoConfig, VideoTransformer
 from minimal.video_sampling import sample_pyramid
 
-from .common import expect_raises, fail, passed, single_thread
+from .common import answers, expect_raises, fail, passed, single_thread
 
 SCHEDULE_SETTINGS = [(steps, lag) for steps in range(1, 7) for lag in range(1, steps + 1)]
 CHUNK_COUNTS = (1, 2, 3, 7)
@@ -190,6 +191,7 @@ def _table(calls: list[dict], steps: int) -> str:
     return "\n".join(rows)
 
 
+@answers(stagger_schedule=(library_stream_batch.StreamBatch, library_stream_batch.sample_stream))
 @single_thread
 def check_stagger_schedule(stagger_schedule) -> None:
     """stagger_schedule(steps, lag, n_chunks) == StreamBatch's bookkeeping call by call, and sample_pyramid's
@@ -247,6 +249,7 @@ def library_latency(steps: int, lag: int, chunk: int, switch: int) -> int:
     return chunk * entered.index(ACTIONS.index("right")) - switch
 
 
+@answers(action_latency=(library_stream_batch.StreamBatch, library_stream_batch.sample_stream))
 @single_thread
 def check_action_latency(action_latency) -> None:
     """action_latency(steps, lag, chunk, switch) == what StreamPipeline.next_frame does, for every key press

@@ -21,11 +21,22 @@ import functools
 
 import torch
 
+from minimal import self_forcing as library_self_forcing
 from minimal.self_forcing import clean_prediction, dmd_loss, rollout_with_exit, schedule
 from minimal.video_model import VideoConfig, VideoTransformer
 from minimal.video_sampling import sample_video
 
-from .common import call_student, expect_close, expect_raises, expect_shape, expect_tensor, fail, passed, single_thread
+from .common import (
+    answers,
+    call_student,
+    expect_close,
+    expect_raises,
+    expect_shape,
+    expect_tensor,
+    fail,
+    passed,
+    single_thread,
+)
 
 ATOL = 1e-9  # float64 throughout
 
@@ -83,6 +94,7 @@ DIRECTION_HINT = ("g = (x_fake - x_real) / n, with n = mean |x - x_real| taken o
                   "(B, 1, ..., 1) so that it divides its own sample")
 
 
+@answers(dmd_direction=library_self_forcing.dmd_loss)
 @single_thread
 def check_dmd_direction(dmd_direction) -> None:
     """dmd_direction(x, x_real, x_fake) == (x_fake - x_real) / mean|x - x_real| per sample == the gradient of the
@@ -123,6 +135,7 @@ SURROGATE_HINT = ("the target x - g is a constant, (x - g).detach(); the loss is
                   "a scalar whose gradient with respect to x is g / x.numel()")
 
 
+@answers(dmd_surrogate=library_self_forcing.dmd_loss)
 @single_thread
 def check_dmd_surrogate(dmd_surrogate) -> None:
     """dmd_surrogate(x, g): value 0.5 mean(g^2), gradient with respect to x exactly g / numel."""
@@ -159,6 +172,7 @@ def gaussian_denoiser(mu, sigma):
     return x_hat
 
 
+@answers(dmd_direction=library_self_forcing.dmd_loss, dmd_surrogate=library_self_forcing.dmd_loss)
 @single_thread
 def check_dmd_on_gaussians(dmd_direction, dmd_surrogate) -> None:
     """The student's surrogate(x, direction(...)) equals minimal.self_forcing.dmd_loss in value and gradient, and
@@ -216,6 +230,7 @@ RENOISE_HINT = ("e_hat = (z - (1 - t) x_hat) / t is the noise the chunk implies;
                 "prediction and that noise together at level t_next: (1 - t_next) x_hat + t_next e_hat")
 
 
+@answers(renoise=(library_self_forcing.rollout_with_exit, library_self_forcing.clean_prediction))
 @single_thread
 def check_renoise(renoise) -> None:
     """renoise(z, x_hat, t, t_next) == z - (t - t_next) v, v = (z - x_hat) / t; used in a chunk-by-chunk sampler
@@ -299,6 +314,7 @@ def _normalise_calls(what: str, got) -> list[tuple[int, float, bool]]:
     return out
 
 
+@answers(rollout_calls=library_self_forcing.rollout_with_exit)
 @single_thread
 def check_rollout_calls(rollout_calls) -> None:
     """rollout_calls(steps, exits) == the calls minimal.self_forcing.rollout_with_exit makes, recorded; ValueError

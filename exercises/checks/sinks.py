@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import torch
 
+from minimal import sinks as library_sinks
 from minimal.sinks import NaiveSinkCache, SinkCache
 
 from .common import (
+    answers,
     expect_close,
     expect_equal,
     expect_shape,
@@ -29,6 +31,7 @@ from .kv_cache import _tiny_gpt
 ATOL_LOGITS = 1e-4
 
 
+@answers(kept_tokens=())
 @single_thread
 def check_kept_tokens(kept_tokens) -> None:
     """kept_tokens(s, n_sink, window) == the sinks and the window newest of tokens 0..s."""
@@ -46,6 +49,7 @@ def check_kept_tokens(kept_tokens) -> None:
     passed("check_kept_tokens", f"{cases} (s, n_sink, window) cases: the sinks + the window newest tokens")
 
 
+@answers(RollingCache=(library_sinks.SinkCache, library_sinks.NaiveSinkCache))
 @single_thread
 def check_update(RollingCache) -> None:
     """update writes like SinkCache: prefill at [n_seen, n_seen + T), then one token into the ring slot."""
@@ -77,6 +81,7 @@ def check_update(RollingCache) -> None:
                            "sinks never overwritten, written in place")
 
 
+@answers(RollingCache=(library_sinks.SinkCache, library_sinks.NaiveSinkCache))
 @single_thread
 def check_key_positions(RollingCache) -> None:
     """key_positions() after every update equals SinkCache's: positions inside the cache, < capacity."""
@@ -114,6 +119,7 @@ def _stream(model, ids: torch.Tensor, cache, prefill: int) -> torch.Tensor:
     return torch.cat(chunks)
 
 
+@answers(RollingCache=(library_sinks.SinkCache, library_sinks.NaiveSinkCache))
 @single_thread
 def check_matches_reference(RollingCache) -> None:
     """GPT streaming through the student's cache == through NaiveSinkCache, many evictions, <= 1e-4."""
@@ -133,6 +139,7 @@ def check_matches_reference(RollingCache) -> None:
                                       f"match NaiveSinkCache, max |diff| {worst:.1e} <= {ATOL_LOGITS:g}")
 
 
+@answers(RollingCache=(library_sinks.SinkCache, library_sinks.NaiveSinkCache))
 @single_thread
 def check_fixed_memory(RollingCache) -> None:
     """The buffers never grow or move while streaming 300 tokens through a 3 + 13 cache."""

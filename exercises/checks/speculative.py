@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import torch
 
+from minimal import speculative as library_speculative
 from minimal.speculative import expected_tokens as reference_expected_tokens
 
-from .common import expect_equal, fail, passed, single_thread
+from .common import answers, expect_equal, fail, passed, single_thread
 
 ROUNDS = 20_000
 TV_TOL = 0.02  # 20 000 draws over 5 tokens: sampling noise alone is about 0.005
@@ -60,6 +61,7 @@ def _expect_target(what: str, counts: torch.Tensor, p: torch.Tensor, hint: str, 
                  f"p = {[round(float(x), 3) for x in p[i]]}", hint)
 
 
+@answers(accept_reject=(library_speculative.accept_reject, library_speculative))
 @single_thread
 def check_accept_reject(accept_reject) -> None:
     V, gamma = 5, 3
@@ -93,6 +95,7 @@ def check_accept_reject(accept_reject) -> None:
            f"(drafts far and close), the acceptance rate is sum min(p, q) = {alpha:.3f}, greedy is exact")
 
 
+@answers(expected_tokens=(library_speculative.expected_tokens, library_speculative))
 def check_expected_tokens(expected_tokens) -> None:
     for alpha, gamma in ((0.0, 4), (0.5, 1), (0.5, 2), (0.8, 4), (0.95, 8)):
         want = reference_expected_tokens(alpha, gamma)
