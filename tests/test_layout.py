@@ -10,7 +10,7 @@ ROOT = Path(__file__).resolve().parents[1] / "minimal"
 FILES = sorted(ROOT.glob("*.py"))
 FOUNDATIONS = {"__init__", "data", "transformer", "kv_cache", "timing", "checkpoints", "training", "toybench"}
 SYSTEM = {"__main__", "bench", "train", "pipeline", "pipeline_session", "pipeline_bench", "terminal_game", "live",
-          "distributed", "serve"}
+          "distributed", "serve", "continuous_batching", "pipeline_parallel", "distributed_bench"}
 
 
 def imported_modules(path: Path) -> set[str]:
