@@ -52,6 +52,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from einops import rearrange
 
 from .data import ACTIONS, SCENES, VIDEO_WORLD
 from .flow_matching import check_times, time_features
@@ -143,17 +144,13 @@ def chunk_mask(n_frames: int, chunk: int, tokens_per_frame: int, device=None):
 
 def patchify(x: torch.Tensor, p: int) -> torch.Tensor:
     """(B, F, C, H, W) -> (B, F * P, C p p), frame-major, patches in raster order."""
-    B, Fr, C, H, W = x.shape
-    x = x.reshape(B, Fr, C, H // p, p, W // p, p).permute(0, 1, 3, 5, 2, 4, 6)  # (B, F, H/p, W/p, C, p, p)
-    return x.reshape(B, Fr * (H // p) * (W // p), C * p * p)
+    return rearrange(x, "b f c (h p1) (w p2) -> b (f h w) (c p1 p2)", p1=p, p2=p)
 
 
 def unpatchify(tokens: torch.Tensor, n_frames: int, size: int, p: int) -> torch.Tensor:
     """(B, F * P, C p p) -> (B, F, C, H, W); the inverse of patchify."""
-    B, g = tokens.shape[0], size // p
-    C = tokens.shape[-1] // (p * p)
-    x = tokens.reshape(B, n_frames, g, g, C, p, p).permute(0, 1, 4, 2, 5, 3, 6)  # (B, F, C, H/p, p, W/p, p)
-    return x.reshape(B, n_frames, C, size, size)
+    g = size // p  # patches per side
+    return rearrange(tokens, "b (f h w) (c p1 p2) -> b f c (h p1) (w p2)", f=n_frames, h=g, w=g, p1=p, p2=p)
 
 
 class VideoTransformer(nn.Module):
