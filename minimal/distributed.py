@@ -143,6 +143,26 @@ class Workload:
             raise ValueError(f"arrive and leave name streams that are not in requests: {sorted(unknown)}")
 
 
+def scripted_workload(n_streams: int, chunks: int, seed: int = 0, arrive_every: int = 1,
+                      churn: bool = True) -> Workload:
+    """A load to serve: stream i (seed i) arrives at tick i * arrive_every and lasts chunks / 2 .. 3 chunks / 2
+    chunks, its action held for 2 to 4 chunks at a time and its scene switched once midway; with churn every
+    fourth stream leaves early, halfway through its script."""
+    import random
+
+    if not isinstance(n_streams, int) or n_streams < 1 or not isinstance(chunks, int) or chunks < 2:
+        raise ValueError(f"need n_streams >= 1 and chunks >= 2, got n_streams={n_streams!r}, chunks={chunks!r}")
+    rng, requests, leave = random.Random(seed), [], {}
+    for i in range(n_streams):
+        n, script, scenes = rng.randint(chunks // 2, chunks + chunks // 2), [], rng.sample(range(4), 2)
+        while len(script) < n:
+            script += [(rng.randrange(5), scenes[len(script) >= n // 2])] * rng.randint(2, 4)
+        requests.append(StreamRequest(i, i, [(a, scenes[k >= n // 2]) for k, (a, _) in enumerate(script[:n])]))
+        if churn and i % 4 == 3:
+            leave[i] = i * arrive_every + n // 2
+    return Workload(requests, {i: i * arrive_every for i in range(n_streams)}, leave)
+
+
 def _collective(rank: int, what: str, fn, *args):
     """Run a collective; a dead or silent peer becomes an error that says what happened."""
     try:

@@ -123,8 +123,9 @@ def _chunk_inputs(requests, generators, k: int, model):
 @torch.inference_mode()
 def blocks_rank(rank: int, world_size: int, model, requests: list[StreamRequest], steps: int, n_sink: int = 0,
                 micro_batches: int = 1) -> dict:
-    """Stage `rank` of the blocks pipeline (call on every rank). Rank 0 returns frames {id: latents (F, C, H, W)},
-    chunk_ms {micro-batch: [latency of each chunk]}, seconds, fps; the other ranks {}."""
+    """Stage `rank` of the blocks pipeline (call on every rank). Every rank returns busy_ms, its working time per
+    call of a micro-batch (waits excluded); rank 0 also frames {id: latents (F, C, H, W)}, chunk_ms
+    {micro-batch: [latency of each chunk]}, seconds, fps and calls (per micro-batch)."""
     cfg, p = model.config, next(model.parameters())
     n_chunks = _check_streams(requests, micro_batches, "micro_batches")
     blocks = split_blocks(cfg.n_layer, world_size)[rank]
@@ -152,12 +153,14 @@ def blocks_rank(rank: int, world_size: int, model, requests: list[StreamRequest]
 
     dist.barrier()
     t0 = time.perf_counter()
+    busy = 0.0  # seconds of work on this rank, waits for the other stages excluded
     for j, (k, i, m) in enumerate(order):
-        B = len(groups[m])
+        B, ta = len(groups[m]), time.perf_counter()
         if rank == 0:
             if j >= M and world_size > 1:  # this micro-batch's previous call must be back first
                 buf = torch.empty(B, c, *cfg.frame_shape, dtype=p.dtype, device=p.device)
                 dist.recv(buf, world_size - 1)
+                ta = time.perf_counter()
                 finish(*order[j - M], buf)
             if i == 0:
                 started[m] = time.perf_counter()
@@ -170,6 +173,7 @@ def blocks_rank(rank: int, world_size: int, model, requests: list[StreamRequest]
         else:
             buf = torch.empty(B, n, 2 * cfg.n_embd, dtype=p.dtype, device=p.device)
             dist.recv(buf, rank - 1)
+            ta = time.perf_counter()
             x, cond = buf.chunk(2, dim=-1)
         cache = caches[m]
         mask = cache.mask(n)
@@ -182,10 +186,12 @@ def blocks_rank(rank: int, world_size: int, model, requests: list[StreamRequest]
             out = head(model, x, cond, c)
             if world_size == 1:
                 finish(k, i, m, out)
+                busy += time.perf_counter() - ta
                 continue
             sends.append(dist.isend(out.contiguous(), 0))
         else:
             sends.append(dist.isend(torch.cat([x, cond], -1).contiguous(), rank + 1))
+        busy += time.perf_counter() - ta
         while len(sends) > 2 * M:
             sends.pop(0).wait()
     if rank == 0 and world_size > 1:
@@ -197,10 +203,11 @@ def blocks_rank(rank: int, world_size: int, model, requests: list[StreamRequest]
     for h in sends:
         h.wait()
     seconds = time.perf_counter() - t0
+    busy_ms = busy / len(order) * 1e3  # per call of one micro-batch
     if rank != 0:
-        return {}
+        return {"busy_ms": busy_ms}
     return {"frames": {sid: torch.cat(f) for sid, f in frames.items()}, "chunk_ms": chunk_ms, "seconds": seconds,
-            "fps": len(requests) * n_chunks * c / seconds}
+            "fps": len(requests) * n_chunks * c / seconds, "busy_ms": busy_ms, "calls": n_chunks * (steps + 1)}
 
 
 # ---------------------------------------------------------------------------------------------------
