@@ -225,3 +225,16 @@ def test_the_bubble_model():
     assert bubble_model(2, 1, 10) == 1.0  # one micro-batch: the stages take turns
     assert bubble_model(2, 2, 10) == pytest.approx(2 * 10 * 2 / 21)  # the fill costs one tick
     assert bubble_model(4, 2, 10) == pytest.approx(2 * 4 * 10 / (4 * 10 + 1))  # M < N: about M
+
+
+def test_the_bench_runs_and_names_the_issue_figures(capsys):
+    import json
+
+    from minimal import bench
+
+    figures = bench.main(["distributed", "--quick", "--json", "--device", "cpu"])
+    out = capsys.readouterr().out.strip().splitlines()
+    assert json.loads(out[-1]) == json.loads(json.dumps(figures)) and "continuous batching" in out[1]
+    assert {"streams8_speedup", "streams32_speedup", "serving_speedup"} <= set(figures)
+    assert {"speedup", "predicted", "latency_ratio"} <= set(figures["pipeline_parallel"])
+    assert all(figures[k] > 0 for k in ("streams8_speedup", "streams32_speedup", "serving_speedup"))
