@@ -6,14 +6,15 @@ The streams are cut into M micro-batches. Every model call of a micro-batch (a d
 context pass) enters at stage 0 (embedding + its blocks), is sent point to point to stage 1, ..., and the
 last stage (its blocks + the head) sends the predicted clean frames back to stage 0, which takes the Euler
 step and can start that micro-batch's next call. Each stage keeps the KV cache of its own blocks, for
-every micro-batch, on its own rank. With equal stage times t and P calls per micro-batch, the ring keeps
-every stage busy once M >= N, and the bubble model (fill and drain) gives
+every micro-batch, on its own rank. With equal stage times t, P calls per micro-batch and a return trip
+of d extra ticks (0 here; a link between nodes), the ring keeps every stage busy once M >= N + d, and
+the bubble model (`blocks_schedule` draws it tick by tick; fill and drain included) gives
 
-    T(N, M) = P max(M, N) + min(M, N) - 1  ticks of t,     speedup(N, M) = N P M / T(N, M)
+    T = (P - 1) max(M, N + d) + M + N - 1  ticks of t,     speedup = N P M / T
 
-over one process running the same calls (P M N ticks of t): about N for M >= N and long runs, about M
-for M < N (stages wait for the call to come back round). A chunk's latency does not shrink: its calls
-still cross every block in turn, plus the sends.
+over one process running the same calls (P M N ticks of t): about N for M >= N + d and long runs, about
+M N / (N + d) below (the stages wait for a call to come back round). A chunk's latency does not shrink:
+its calls still cross every block in turn, plus the sends.
 
 Over denoising steps (Live Avatar, Huang et al. 2025, assigns denoising steps to devices): the staggered
 schedule of stream_batch.py (lag 1, S = steps chunks in flight, the refill fused) with rank r holding the
@@ -52,10 +53,31 @@ def split_blocks(n_layer: int, stages: int) -> list[range]:
     return [range(s * per, (s + 1) * per) for s in range(stages)]
 
 
-def bubble_model(stages: int, micro_batches: int, calls: int) -> float:
-    """Predicted speedup of `stages` pipelined stages over one process: N P M / (P max(M, N) + min(M, N) - 1)."""
+def bubble_model(stages: int, micro_batches: int, calls: int, delay: int = 0) -> float:
+    """Predicted speedup of `stages` pipelined stages over one process (module docstring), the return trip
+    from the last stage to stage 0 taking `delay` extra ticks: N P M / T, T = len(blocks_schedule(...))."""
     N, M, P = stages, micro_batches, calls
-    return N * P * M / (P * max(M, N) + min(M, N) - 1)
+    return N * P * M / ((P - 1) * max(M, N + delay) + M + N - 1)
+
+
+def blocks_schedule(stages: int, micro_batches: int, calls: int, delay: int = 0) -> list[list]:
+    """Tick by tick, what each stage works on: (micro-batch, call) or None (a bubble). Stage 0 takes the calls
+    round-robin over the micro-batches (the order blocks_rank runs), call j of micro-batch m only once call
+    j - 1 has left the last stage and come back (`delay` ticks later); a stage takes one call per tick."""
+    for name, value, low in (("stages", stages, 1), ("micro_batches", micro_batches, 1), ("calls", calls, 1),
+                             ("delay", delay, 0)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+    order = [(m, j) for j in range(calls) for m in range(micro_batches)]
+    start = []  # tick at which stage 0 takes each call of `order`
+    for i in range(len(order)):
+        back = start[i - micro_batches] + stages + delay if i >= micro_batches else 0  # the previous call is back
+        start.append(max(start[-1] + 1 if start else 0, back))
+    grid = [[None] * stages for _ in range(start[-1] + stages)]
+    for i, item in enumerate(order):
+        for s in range(stages):
+            grid[start[i] + s][s] = item  # a call crosses one stage per tick
+    return grid
 
 
 # ---------------------------------------------------------------------------------------------------

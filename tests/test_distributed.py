@@ -15,7 +15,7 @@ import torch
 
 from minimal.continuous_batching import ContinuousBatcher, StreamRequest, reference_stream
 from minimal.distributed import WorkerError, Workload, check_world, launch, serve_rank
-from minimal.pipeline_parallel import blocks_rank, bubble_model, split_blocks, steps_rank
+from minimal.pipeline_parallel import blocks_rank, blocks_schedule, bubble_model, split_blocks, steps_rank
 from minimal.video_model import VideoConfig, VideoTransformer
 
 SMALL = VideoConfig(n_layer=2, n_head=2, n_embd=32, max_frames=16, chunk=2)
@@ -218,6 +218,17 @@ def test_the_load_driver_runs_under_torchrun():
     assert run.returncode == 0, run.stderr[-2000:]
     fig = json.loads(run.stdout.strip().splitlines()[-1])
     assert fig["processes"] == 2 and fig["streams"] == 4 and sum(fig["streams_per_rank"]) == 4 and fig["fps"] > 0
+
+
+@pytest.mark.parametrize("N, M, P, delay", [(1, 3, 2, 0), (2, 1, 3, 0), (2, 2, 3, 0), (2, 4, 2, 1), (4, 2, 3, 2)])
+def test_the_schedule_is_the_bubble_model(N, M, P, delay):
+    grid = blocks_schedule(N, M, P, delay)
+    assert bubble_model(N, M, P, delay) == pytest.approx(N * P * M / len(grid))
+    for s in range(N):  # every stage runs every call once, in stage 0's order, one tick after the stage before
+        items = [(t, row[s]) for t, row in enumerate(grid) if row[s] is not None]
+        assert [x for _, x in items] == [(m, j) for j in range(P) for m in range(M)]
+        if s:
+            assert [t for t, _ in items] == [t + 1 for t, row in enumerate(grid) if row[s - 1] is not None]
 
 
 def test_the_bubble_model():
