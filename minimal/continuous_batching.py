@@ -20,7 +20,8 @@ those it would get alone (stream_batch with lag = steps, unfused, batch 1: `refe
 joins or leaves, up to float rounding: the test checks 1e-9 in float64.
 
 Simplified: fixed capacity (free slots still ride in the call, with zero noise), joins and leaves only
-between chunks, no paging of the cache (each slot owns a whole ring), no priorities or preemption.
+between chunks, no paging of the cache (each slot owns a whole ring), no priorities or preemption; a
+scene switch is the new label on the chunks that follow, the cached context is not re-encoded.
 """
 
 from __future__ import annotations

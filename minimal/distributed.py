@@ -181,6 +181,7 @@ class _Admission:
         self.load = [0] * world_size  # active streams per rank
         self.where: dict[int, int] = {}  # stream id -> rank, while active
         self.placement: dict[int, int] = {}
+        self.joined: dict[int, int] = {}  # stream id -> the tick it joined
 
     def orders(self, tick: int) -> list[dict]:
         orders = [{"join": [], "leave": []} for _ in self.load]
@@ -197,6 +198,7 @@ class _Admission:
             orders[rank]["join"].append(request)
             self.load[rank] += 1
             self.where[request.id] = self.placement[request.id] = rank
+            self.joined[request.id] = tick
         return orders
 
     def finished(self, sid: int) -> None:
@@ -211,8 +213,8 @@ def serve_rank(rank: int, world_size: int, model, workload: Workload, steps: int
                capacity: int = 8, decoder=None) -> dict | None:
     """Serve `workload` over the process group (call it on every rank; rank 0's workload is the one used).
     Returns, on rank 0: frames {id: (F, ...)} (latents, or uint8 frames (F, H, W, 3) with a decoder),
-    chunk_ms {id: [generation time of each chunk on its rank]}, placement {id: rank}, ticks, seconds,
-    frames_total, fps; on the other ranks {"chunks": chunks made}."""
+    chunk_ms {id: [generation time of each chunk on its rank]}, placement {id: rank}, joined {id: tick},
+    ticks, seconds, frames_total, fps; on the other ranks {"chunks": chunks made}."""
     check_world(world_size)
     batcher = ContinuousBatcher(model, steps, n_sink, capacity)
     admission = _Admission(workload, world_size, capacity) if rank == 0 else None
@@ -257,5 +259,5 @@ def serve_rank(rank: int, world_size: int, model, workload: Workload, steps: int
         return {"chunks": made}
     total = sum(len(f) for f in frames.values()) * batcher.c
     return {"frames": {sid: torch.cat(f) for sid, f in frames.items()}, "chunk_ms": chunk_ms,
-            "placement": admission.placement, "ticks": tick, "seconds": seconds, "frames_total": total,
-            "fps": total / seconds}
+            "placement": admission.placement, "joined": admission.joined, "ticks": tick, "seconds": seconds,
+            "frames_total": total, "fps": total / seconds}

@@ -81,6 +81,17 @@ def _stagger_alone(model, requests, steps: int) -> float:
     return len(requests) * n_chunks * c / (time.perf_counter() - t0)
 
 
+def every_scheme(rank: int, world_size: int, model, workload, fixed: list, steps: int, n_sink: int = 0) -> dict:
+    """Every scheme on one process group (call on every rank): serving `workload` (capacity 2 per rank), the
+    blocks pipeline on `fixed` with 1 and 2 micro-batches, and, when world_size == steps, the steps pipeline."""
+    out = {"serve": serve_rank(rank, world_size, model, workload, steps, n_sink, 2)}
+    for M in (1, 2):
+        out[f"blocks{M}"] = blocks_rank(rank, world_size, model, fixed, steps, n_sink, M)
+    if world_size == steps:
+        out["steps"] = steps_rank(rank, world_size, model, fixed, steps, n_sink)
+    return out
+
+
 def one_round(rank: int, world_size: int, model, ae, quick: bool) -> dict:
     """Every multi-process scheme on this process group (call on every rank); rank 0 returns the figures."""
     n = 8 if quick else 24
@@ -104,7 +115,9 @@ def one_round(rank: int, world_size: int, model, ae, quick: bool) -> dict:
     return fig
 
 
-def _pipeline_figures(r1: list[dict], r2: list[dict]) -> dict:
+def pipeline_figures(r1: list[dict], r2: list[dict]) -> dict:
+    """Per micro-batch count, from one_round's results on 1 and 2 processes: measured speedup, the bubble
+    model fed with the measured stage times (predicted) and with equal stages (ideal), the latency ratio."""
     rows = {}
     for M in MICRO:
         a, b = [r[f"blocks{M}"] for r in r1], [r[f"blocks{M}"] for r in r2]
@@ -133,7 +146,7 @@ def bench(device=None, quick: bool = False) -> tuple[str, dict]:
         r1.append(launch(one_round, 1, cpu_model, cpu_ae, quick, timeout=600)[0])
         r2.append(launch(one_round, 2, cpu_model, cpu_ae, quick, timeout=600)[0])
     med = {B: statistics.median(v) for B, v in fps.items()}
-    pp = _pipeline_figures(r1, r2)
+    pp = pipeline_figures(r1, r2)
     top = pp[MICRO[-1]]
     fig = {f"streams{B}_speedup": med[B] / med[1] for B in BATCHES if B > 1}
     fig.update(streams_fps={str(B): v for B, v in med.items()},
@@ -144,7 +157,8 @@ def bench(device=None, quick: bool = False) -> tuple[str, dict]:
                                   "by_micro_batches": {str(M): row for M, row in pp.items()}},
                steps_parallel={"speedup": statistics.median(b["steps_fps"] / a["steps_fps"]
                                                             for a, b in zip(r1, r2, strict=True))},
-               device=str(device), cpu_count=os.cpu_count(), load_avg_before=load0, load_avg_after=os.getloadavg())
+               device=str(device), torch=torch.__version__, cpu_count=os.cpu_count(), load_avg_before=load0,
+               load_avg_after=os.getloadavg())
     rows = [f"scale-out: video-df, {STEPS} steps, chunk by chunk, decoded; one thread per process "
             f"(load average {load0[0]:.1f} before, {fig['load_avg_after'][0]:.1f} after, {os.cpu_count()} CPUs)",
             "continuous batching, 1 process: " + ", ".join(f"{B} streams {med[B]:.0f} fps (x{med[B] / med[1]:.2f})"
