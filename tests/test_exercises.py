@@ -274,33 +274,39 @@ def test_library_answer_fails_its_check(solution, cell_id, name, module, attr, h
 
 # --- the grader, end to end in a kernel: a submission cannot pass without the work -----------------------
 
-WRONG = ("def accept_reject(p, q, d, generator=None):\n    return 0, torch.tensor([0])\n\n"
-         "def expected_tokens(alpha, gamma):\n    return 0.0\n")
+WRONG = ("def accept_reject_batched(p, q, d, generator=None):\n"
+         "    return torch.zeros(len(d), dtype=torch.long), d[:, 0]\n\n"
+         "def expected_tokens(alpha, gamma):\n    return 0.0\n\n"
+         "def best_gamma(alpha, c, gamma_max=16):\n    return 1, 0.0\n\n"
+         "def accept_multi(p, q, x, generator=None):\n    return 0, x[:1]\n")
+CHECKS_03 = ("check_accept_reject_batched", "check_expected_tokens", "check_best_gamma", "check_accept_multi")
 TAMPER = {
-    "rebinds the checks": "check_accept_reject = check_expected_tokens = lambda *args, **kwargs: print('✓ passed')",
-    "patches the checks module": ("import checks.speculative\n\n"
-                                  "checks.speculative.check_accept_reject = lambda *args, **kwargs: None\n"
-                                  "checks.speculative.check_expected_tokens = lambda *args, **kwargs: None"),
+    "rebinds the checks": " = ".join(CHECKS_03) + " = lambda *args, **kwargs: print('✓ passed')",
+    "patches the checks module": "import checks.speculative\n\n" + "\n".join(
+        f"checks.speculative.{name} = lambda *args, **kwargs: None" for name in CHECKS_03),
     "patches the library it is compared with": ("import minimal.speculative\n\n"
                                                 "minimal.speculative.expected_tokens = expected_tokens"),
     "swallows the checks' errors": "get_ipython().set_custom_exc((BaseException,), lambda *args, **kwargs: None)",
-    "imports the answers from minimal": "from minimal.speculative import accept_reject, expected_tokens",
+    "imports the answers from minimal": ("from minimal.speculative import accept_reject as accept_reject_batched\n"
+                                         "from minimal.speculative import accept_reject as accept_multi\n"
+                                         "from minimal.speculative import expected_tokens"),
 }
 
 
 @pytest.mark.parametrize("tamper", list(TAMPER), ids=[t.replace(" ", "-") for t in TAMPER])
 def test_grader_fails_a_tampered_submission(tamper, tmp_path):
-    """Exercise 03 with wrong answers in place of the stubs and a cell that tries to pass anyway: 0 of 2."""
+    """Exercise 03 with wrong answers in place of the stubs and a cell that tries to pass anyway: 0 of 4."""
     official = EXERCISES / "student" / "03_speculative.ipynb"
     nb = nbformat.read(official, as_version=4)
-    nb.cells = [c for c in nb.cells if c.get("id") not in ("accept-reject", "expected-tokens")]
+    nb.cells = [c for c in nb.cells if c.get("id") not in ("accept-reject", "expected-tokens",
+                                                           "best-gamma", "accept-multi")]
     cell = nbformat.v4.new_code_cell(WRONG + "\n" + TAMPER[tamper])
     cell.id = "tamper"
     nb.cells.insert(next(i for i, c in enumerate(nb.cells) if c.get("id") == "setup") + 1, cell)
     path = tmp_path / official.name
     nbformat.write(nb, path)
     report = grade.grade(path)
-    assert report.score == (0, 2), [(c.cell_id, c.error, c.message) for c in report.checks]
+    assert report.score == (0, len(CHECKS_03)), [(c.cell_id, c.error, c.message) for c in report.checks]
     assert not any(c.error for c in report.cells if not c.check), "the tampering cell itself must run"
     assert grade.main([str(path)]) == 1
 
@@ -308,8 +314,8 @@ def test_grader_fails_a_tampered_submission(tamper, tmp_path):
 def test_grader_fails_an_empty_skeleton_and_passes_the_solution(tmp_path, capsys):
     student = EXERCISES / "student" / "03_speculative.ipynb"
     assert grade.main([str(student)]) == 1
-    assert "0/2 checks passed" in capsys.readouterr().out
+    assert f"0/{len(CHECKS_03)} checks passed" in capsys.readouterr().out
     solution = tmp_path / student.name  # the solution, handed in under the exercise's name
     nbformat.write(nbformat.read(EXERCISES / "solutions" / student.name, as_version=4), solution)
     assert grade.main([str(solution)]) == 0
-    assert "2/2 checks passed" in capsys.readouterr().out
+    assert f"{len(CHECKS_03)}/{len(CHECKS_03)} checks passed" in capsys.readouterr().out
