@@ -33,6 +33,7 @@ from .common import (
     call_student,
     expect_close,
     expect_equal,
+    expect_raises,
     expect_shape,
     expect_tensor,
     fail,
@@ -243,50 +244,152 @@ def check_fm_loss(flow_matching_loss) -> None:
                             "and its gradient matches a recomputation")
 
 
+def _grid(steps: int) -> torch.Tensor:
+    return torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)
+
+
+SKEWED = torch.tensor([1.0, 0.9, 0.6, 0.45, 0.1, 0.0], dtype=torch.float64)  # an uneven grid of 5 steps
+
+
+def _euler_reference(net, e, ts, y=None):
+    z = e
+    for t, t_next in zip(ts[:-1].tolist(), ts[1:].tolist(), strict=True):
+        tb = torch.full((e.shape[0],), t, dtype=e.dtype)
+        z = z - (t - t_next) * net(z, tb, torch.zeros_like(tb), y)
+    return z
+
+
+def _heun_reference(net, e, ts, y=None):
+    z = e
+    for t, t_next in zip(ts[:-1].tolist(), ts[1:].tolist(), strict=True):
+        ta, tb = (torch.full((e.shape[0],), s, dtype=e.dtype) for s in (t, t_next))
+        d1 = net(z, ta, torch.zeros_like(ta), y)
+        d2 = net(z - (t - t_next) * d1, tb, torch.zeros_like(tb), y)
+        z = z - (t - t_next) * (d1 + d2) / 2
+    return z
+
+
 @answers(euler_sample=library_flow_matching.euler_sample)
 @single_thread
 def check_euler_sample(euler_sample) -> None:
-    """n Euler steps from t = 1 to 0: z_{t - dt} = z_t - dt v(z_t, t), the network called at t = 1, ..., 1/n."""
+    """Euler on a grid ts: z <- z - (t_k - t_k+1) v(z, t_k), the network called at t_0, ..., t_K-1."""
     g = torch.Generator().manual_seed(3)
     B = 512
     e = torch.randn(B, 2, generator=g, dtype=torch.float64)
-    hint = ("integrate from t = 1 (noise) down to 0 (data) in n equal steps dt = 1/n: "
-            "z <- z - dt * net(z, t, 0, y) with t = 1, 1 - dt, ..., dt (never at t = 0)")
+    hint = ("integrate from ts[0] = 1 (noise) down to ts[-1] = 0 (data), one step per interval: "
+            "z <- z - (ts[k] - ts[k + 1]) * net(z, t_k, 0, y) at the step's start time t_k (never at t = 0)")
 
-    # 1. the schedule: where the network is evaluated
-    for n in (1, 4):
+    # 1. the schedule: where the network is evaluated, on equal and uneven grids
+    for ts in (_grid(1), _grid(4), SKEWED):
         rec = Recorder(exact_v)
-        what = f"euler_sample(net, e, steps={n})"
-        out = call_student(what, euler_sample, rec, e[:4], n, hint=hint)
+        what = f"euler_sample(net, e, ts={[round(float(t), 3) for t in ts]})"
+        out = call_student(what, euler_sample, rec, e[:4], ts, hint=hint)
         expect_shape(what, out, (4, 2), "return the final state z_0 only, shape of e")
-        _expect_calls(what, rec, torch.linspace(1, 0, n + 1)[:-1], torch.zeros(n), 4, hint)
+        _expect_calls(what, rec, ts[:-1], torch.zeros(len(ts) - 1), 4, hint)
 
     # 2. the Gaussian closed form: v(e, 1) = e - M, so one Euler step sends every sample to the mean M
-    x1 = euler_sample(exact_v, e, 1)
+    x1 = euler_sample(exact_v, e, _grid(1))
     variants = {"a step up (z + dt v)": 2 * e - M, "evaluating v at the end of the step, t - dt": 2 * e}
     _close_or_diagnose("one Euler step with the exact velocity of N(M, S^2) data: v(e, t=1) = e - M, "
                        "so z_0 = e - (e - M) = M for every sample", x1, torch.full_like(e, M), 1e-6, hint, variants)
 
-    # 3. the library and the convergence to the exact flow map e -> M + S e
+    # 3. the library (equal grids), a recomputation (uneven grids), the convergence to the flow map e -> M + S e
     exact = M + S * e
     errors = {}
     for n in (3, 16, 64):
-        got = euler_sample(exact_v, e, n)
-        expect_close(f"euler_sample(exact Gaussian velocity, e, steps={n}) against minimal.flow_matching."
+        got = euler_sample(exact_v, e, _grid(n))
+        expect_close(f"euler_sample(exact Gaussian velocity, e, ts = {n} equal steps) against minimal.flow_matching."
                      "euler_sample", got, reference_euler_sample(exact_v, e, n), 1e-6, hint)
         errors[n] = float((got - exact).abs().max())
     if not errors[3] > errors[16] > errors[64] or errors[64] > 0.05:
         fail("Euler with the exact velocity converges to the flow map M + S e as steps grow",
              "max error decreasing like 1/steps, below 0.05 at 64 steps",
              ", ".join(f"{n} steps: {err:.3g}" for n, err in errors.items()), hint)
+    expect_close("euler_sample(exact Gaussian velocity, e, an uneven grid of 5 steps) against a recomputation",
+                 euler_sample(exact_v, e, SKEWED), _euler_reference(exact_v, e, SKEWED), 1e-9,
+                 "each step has its own length ts[k] - ts[k + 1]")
     net, y = TinyNet(2, seed=4).double(), torch.randint(0, 3, (4,), generator=g)
     with torch.no_grad():
-        expect_close("euler_sample(tiny net, e, steps=5, y) against minimal.flow_matching.euler_sample",
-                     euler_sample(net, e[:4], 5, y), reference_euler_sample(net, e[:4], 5, y), 1e-6,
+        expect_close("euler_sample(tiny net, e, ts = 5 equal steps, y) against minimal.flow_matching.euler_sample",
+                     euler_sample(net, e[:4], _grid(5), y), reference_euler_sample(net, e[:4], 5, y), 1e-6,
                      "pass the label y to the network at every step")
-    passed("check_euler_sample", "n calls at t = 1, ..., 1/n with h = 0; 1 step sends N(M, S^2)'s noise to M; "
-                                 "matches the library; max error to M + S e "
+    passed("check_euler_sample", "one call per step at its start time with h = 0, on equal and uneven grids; 1 step "
+                                 "sends N(M, S^2)'s noise to M; matches the library; max error to M + S e "
                                  + ", ".join(f"{err:.3f} ({n} steps)" for n, err in errors.items()))
+
+
+@answers(shifted_times=())
+def check_shifted_times(shifted_times) -> None:
+    """t_k = s tau_k / (1 + (s - 1) tau_k), tau the equal grid from 1 to 0; ValueError for bad arguments."""
+    hint = ("tau = torch.linspace(1, 0, steps + 1, dtype=torch.float64), then shift * tau / (1 + (shift - 1) * tau)")
+    shown = {}
+    for steps, shift in ((1, 3.0), (4, 1.0), (8, 3.0), (8, 0.5), (5, 2.5)):
+        what = f"shifted_times(steps={steps}, shift={shift})"
+        got = expect_tensor(what, call_student(what, shifted_times, steps, shift, hint=hint), hint)
+        if got.dtype != torch.float64:
+            fail(what + ": dtype", "torch.float64", str(got.dtype), "build tau with dtype=torch.float64")
+        tau = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)
+        want = shift * tau / (1 + (shift - 1) * tau)
+        variants = {"the shift applied to 1 - tau (towards the data end)":
+                    1 - shift * (1 - tau) / (1 + (shift - 1) * (1 - tau)),
+                    "the inverse shift, tau / (s - (s - 1) tau)": tau / (shift - (shift - 1) * tau),
+                    "the grid from 0 to 1": want.flip(0)}
+        _close_or_diagnose(what, got, want, 1e-12, hint, variants)
+        shown[(steps, shift)] = got
+    mid = {s: float(shown[(8, s)][4]) for s in (3.0, 0.5)}
+    for steps, shift in ((0, 1.0), (4, 0.0), (4, -1.0)):
+        expect_raises(f"shifted_times(steps={steps}, shift={shift})", ValueError,
+                      lambda n=steps, s=shift: shifted_times(n, s), "steps >= 1 and shift > 0")
+    passed("check_shifted_times", f"the shifted grids at 5 (steps, shift); halfway through 8 steps t = {mid[3.0]:.2f} "
+                                  f"with shift 3, {mid[0.5]:.2f} with shift 0.5; ValueError for bad arguments")
+
+
+@answers(heun_sample=library_flow_matching.euler_sample)
+@single_thread
+def check_heun_sample(heun_sample) -> None:
+    """Heun on a grid: slopes at both ends of each step, averaged; error ~ 1 / K^2."""
+    g = torch.Generator().manual_seed(14)
+    B = 512
+    e = torch.randn(B, 2, generator=g, dtype=torch.float64)
+    hint = ("per step: d1 = net(z, t_k, 0, y), z_e = z - dt * d1, d2 = net(z_e, t_k+1, 0, y), "
+            "z <- z - dt * (d1 + d2) / 2 with dt = ts[k] - ts[k + 1]")
+
+    # 1. two calls per step, at t_k then t_k+1, the second at Euler's guess of the end of the step
+    for ts in (_grid(1), SKEWED):
+        rec = Recorder(exact_v)
+        what = f"heun_sample(net, e, ts={[round(float(t), 3) for t in ts]})"
+        out = call_student(what, heun_sample, rec, e[:4], ts, hint=hint)
+        expect_shape(what, out, (4, 2), "return the final state z_0 only, shape of e")
+        want_t = torch.stack([ts[:-1], ts[1:]], 1).flatten()  # t_0, t_1, t_1, t_2, ...
+        _expect_calls(what, rec, want_t, torch.zeros(len(want_t)), 4, hint)
+        z = e[:4]
+        for k in range(len(ts) - 1):
+            dt = float(ts[k] - ts[k + 1])
+            guess = rec.calls[2 * k][0] - dt * exact_v(*rec.calls[2 * k][:3])
+            expect_close(f"{what}: the state passed to the second call of step {k + 1}", rec.calls[2 * k + 1][0],
+                         guess, 1e-9, "the second slope is taken at Euler's guess z - dt * d1, at time t_k+1")
+            z = _heun_reference(exact_v, z, ts[k:k + 2])
+            expect_close(f"{what}: the state passed to the first call of step {k + 2}" if k + 2 < len(ts) else
+                         f"{what}: the result", rec.calls[2 * k + 2][0] if k + 2 < len(ts) else out, z, 1e-9,
+                         hint)
+
+    # 2. a reference with a labelled network, and the order of convergence on Gaussian data
+    net, y = TinyNet(2, seed=15).double(), torch.randint(0, 3, (4,), generator=g)
+    with torch.no_grad():
+        expect_close("heun_sample(tiny net, e, uneven grid, y) against a recomputation",
+                     heun_sample(net, e[:4], SKEWED, y), _heun_reference(net, e[:4], SKEWED, y), 1e-9,
+                     "pass the label y to the network at both calls of every step")
+    exact = M + S * e
+    heun = {n: float((heun_sample(exact_v, e, _grid(n)) - exact).abs().max()) for n in (8, 16, 32)}
+    euler = {n: float((_euler_reference(exact_v, e, _grid(2 * n)) - exact).abs().max()) for n in (8, 16, 32)}
+    if not (heun[16] / heun[32] > 3 and all(heun[n] < euler[n] for n in heun)):
+        fail("Heun with the exact velocity: error against M + S e", "falling about 4x when the steps double, and "
+             "below Euler's with twice the steps (the same evaluations)",
+             "Heun " + ", ".join(f"{n} steps: {v:.3g}" for n, v in heun.items()) + "; Euler "
+             + ", ".join(f"{2 * n} steps: {v:.3g}" for n, v in euler.items()), hint)
+    errors = ", ".join(f"{v:.4f} ({n} steps, Euler with {2 * n}: {euler[n]:.3f})" for n, v in heun.items())
+    passed("check_heun_sample", "two calls per step at t_k and t_k+1, the second at Euler's guess; matches a "
+                                f"recomputation; max error to M + S e {errors}")
 
 
 # ---------------------------------------------------------------------------------------------------
