@@ -8,6 +8,8 @@ by its first wrong entry, in words: which query token (frame, chunk) may or may 
 and the rule that decides it. The checks also recognise the classic mistakes (a strict <, frame-level or
 token-level causality, a transposed or an inverted mask, clean queries that see the noisy half, a noisy
 chunk that sees its own clean frames) and name the one a wrong mask reproduces.
+Diffusion forcing's chunk times are checked by what they must be (one uniform time per chunk, shared by
+its frames, independent across chunks); the rolling mask against the rule computed entry by entry.
 """
 
 from __future__ import annotations
@@ -23,7 +25,17 @@ from minimal.diffusion_forcing import teacher_forcing_mask as reference_teacher_
 from minimal.video_model import VideoConfig, VideoTransformer
 from minimal.video_model import block_causal_mask as reference_block_causal_mask
 
-from .common import answers, call_student, expect_raises, expect_shape, fail, passed, single_thread
+from .common import (
+    answers,
+    call_student,
+    expect_equal,
+    expect_raises,
+    expect_shape,
+    expect_tensor,
+    fail,
+    passed,
+    single_thread,
+)
 
 MASK_SIZES = ((4, 2, 3), (1, 1, 1), (4, 1, 2), (6, 3, 2), (8, 4, 5), (3, 3, 4), (4, 2, 16))
 TF_SIZES = ((4, 2, 3), (6, 3, 2), (3, 1, 2), (2, 2, 4), (8, 4, 1))
@@ -291,3 +303,108 @@ def check_prefix_change(prefix_change, block_causal_mask) -> None:
     passed("check_prefix_change", f"replacing chunk 2 moves chunk 1's velocity by {yours:.1g} under your "
                                   f"block-causal mask and by {full:.2f} under full attention; all four cases "
                                   "match the recomputation")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Part 4: diffusion forcing's noise levels, one per chunk
+# ---------------------------------------------------------------------------------------------------
+
+@answers(chunk_times=library_diffusion_forcing.chunk_times)
+@single_thread
+def check_chunk_times(chunk_times) -> None:
+    """(B, F): one t ~ U(0, 1) per clip and chunk, repeated over the chunk's frames; ValueError otherwise."""
+    hint = ("t = torch.rand(batch_size, n_frames // chunk, generator=generator), then "
+            "t.repeat_interleave(chunk, dim=1): frames 0..c-1 share chunk 0's time, and so on")
+    B, F, c = 4000, 6, 2
+    what = f"chunk_times(batch_size={B}, n_frames={F}, chunk={c}, generator)"
+    t = expect_tensor(what, call_student(what, chunk_times, B, F, c, torch.Generator().manual_seed(0), hint=hint))
+    expect_shape(what, t, (B, F), "one time per clip (rows) and frame (columns)")
+    if not t.is_floating_point():
+        fail(what + ": dtype", "a floating-point tensor", str(t.dtype))
+    if not bool(((t >= 0) & (t <= 1)).all()):
+        fail(what + ": range", "every time in [0, 1]", f"from {float(t.min()):.3g} to {float(t.max()):.3g}")
+    chunks = t.view(B, F // c, c)
+    if not bool((chunks == chunks[..., :1]).all()):
+        b, k = (int(i) for i in torch.nonzero((chunks != chunks[..., :1]).any(-1))[0])
+        fail(what + f": the frames of chunk {k} of clip {b}", "the same time (the chunk is denoised as one block)",
+             [round(float(x), 3) for x in chunks[b, k]], hint)
+    per_chunk = chunks[..., 0]  # (B, K)
+    if bool((per_chunk == per_chunk[:, :1]).all()):
+        fail(what + ": the chunks of a clip", "each chunk its own time", "one time for the whole clip",
+             "draw (B, n_frames // chunk) times, not (B, 1): every chunk has its own noise level")
+    corr = torch.corrcoef(per_chunk.T.double())  # (K, K)
+    off = float((corr - torch.eye(len(corr), dtype=torch.float64)).abs().max())
+    sorted_t = per_chunk.flatten().sort().values
+    ks = float((sorted_t.double() - torch.linspace(0, 1, len(sorted_t), dtype=torch.float64)).abs().max())
+    if ks > 0.03 or off > 0.06:
+        fail(what + f": {per_chunk.numel()} chunk times", "uniform on [0, 1] (largest gap of the empirical CDF "
+             "<= 0.03) and independent across chunks (|correlation| <= 0.06)",
+             f"CDF gap {ks:.3f}, largest |correlation| between two chunks {off:.3f}", hint)
+    again = call_student(what, chunk_times, B, F, c, torch.Generator().manual_seed(0))
+    expect_equal(what + ": run twice with generators of the same seed", bool(torch.equal(again, t)), True,
+                 "draw the times with the generator you are given: torch.rand(..., generator=generator)")
+    small = call_student("chunk_times(2, 3, 3)", chunk_times, 2, 3, 3, torch.Generator().manual_seed(1))
+    expect_shape("chunk_times(2, 3, 3): one chunk of 3 frames", small, (2, 3))
+    for n_frames, chunk in ((5, 2), (4, 3)):
+        expect_raises(f"chunk_times(2, n_frames={n_frames}, chunk={chunk})", ValueError,
+                      lambda n=n_frames, k=chunk: chunk_times(2, n, k), "chunk must divide n_frames")
+    passed("check_chunk_times", f"{B} x {F // c} chunk times, each shared by its {c} frames, uniform (CDF gap "
+                                f"{ks:.3f}) and independent (|correlation| <= {off:.3f}); ValueError for partial "
+                                "chunks")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Part 5: the mask of a rolling frame cache with sink frames
+# ---------------------------------------------------------------------------------------------------
+
+ROLLING_SIZES = ((6, 2, 1, 4, 0), (6, 2, 2, 2, 0), (8, 2, 3, 4, 2), (9, 3, 2, 3, 1), (8, 2, 1, 4, 3),
+                 (6, 1, 2, 2, 1), (4, 2, 2, 8, 0), (6, 2, 1, 3, 0), (6, 2, 1, 2, 5))
+
+
+def _rolling_reference(n_frames: int, chunk: int, P: int, window: int, n_sink: int) -> torch.Tensor:
+    """The rule entry by entry: the slow, obviously correct mask."""
+    L = n_frames * P
+    out = torch.zeros(L, L, dtype=torch.bool)
+    for i in range(L):
+        k = i // (chunk * P)
+        for j in range(L):
+            f = j // P
+            out[i, j] = f // chunk <= k and (f >= (k + 1) * chunk - window or f < n_sink)
+    return out
+
+
+@answers(rolling_mask=(library_video_model.block_causal_mask, library_video_model.token_chunks))
+@single_thread
+def check_rolling_mask(rolling_mask) -> None:
+    """chunk(j) <= chunk(i) and (frame(j) in the window ending with chunk(i), or frame(j) < n_sink)."""
+    hint = ("M[i, j] = chunk(j) <= k and (frame(j) >= (k + 1) * chunk - window or frame(j) < n_sink), k = chunk(i), "
+            "frame(j) = j // tokens_per_frame; rows = queries, columns = keys")
+    for n_frames, chunk, P, window, n_sink in ROLLING_SIZES:
+        what = (f"rolling_mask(n_frames={n_frames}, chunk={chunk}, tokens_per_frame={P}, window={window}, "
+                f"n_sink={n_sink})")
+        got = call_student(what, rolling_mask, n_frames, chunk, P, window, n_sink, hint=hint)
+        L = n_frames * P
+        got = _expect_bool_mask(what, got, (L, L), hint)
+        want = _rolling_reference(n_frames, chunk, P, window, n_sink)
+        if torch.equal(got, want):
+            continue
+        i, j = (int(a) for a in torch.nonzero(got != want)[0])
+        k, f = i // (chunk * P), j // P
+        where = ("a later chunk" if f // chunk > k else f"frame {f}, inside the window of frames "
+                 f"[{max(0, (k + 1) * chunk - window)}, {(k + 1) * chunk})" if f >= (k + 1) * chunk - window
+                 else f"frame {f}, before the window [{max(0, (k + 1) * chunk - window)}, {(k + 1) * chunk})")
+        sink = f" and a sink frame (< {n_sink})" if f < n_sink else ""
+        fail(f"{what}: entry [{i}, {j}]: may query {_token(i, chunk, P)} attend to key {_token(j, chunk, P)}, "
+             f"in {where}{sink}?", bool(want[i, j]), f"{bool(got[i, j])} ({int((got != want).sum())} of {L * L} "
+             "entries wrong)", hint)
+    full = call_student("rolling_mask(6, 2, 3, window=6, n_sink=0)", rolling_mask, 6, 2, 3, 6, 0)
+    expect_equal("rolling_mask(6, 2, 3, window=6, n_sink=0): a window as long as the video",
+                 bool(torch.equal(_expect_bool_mask("rolling_mask(6, 2, 3, 6, 0)", full, (18, 18), hint),
+                                  reference_block_causal_mask(6, 2, 3))), True, "it is the block-causal mask")
+    for args, why in (((5, 2, 1, 4, 0), "chunk 2 does not divide 5 frames"), ((6, 2, 1, 1, 0), "window 1 < chunk 2"),
+                      ((6, 2, 1, 4, -1), "n_sink -1 < 0")):
+        expect_raises(f"rolling_mask{args}: {why}", ValueError, lambda a=args: rolling_mask(*a),
+                      "chunk divides n_frames, window >= chunk, n_sink >= 0")
+    passed("check_rolling_mask", f"the rolling mask entry by entry at {len(ROLLING_SIZES)} sizes (windows, sinks, "
+                                 "sinks in a later chunk), the block-causal mask for a long window, ValueError for "
+                                 "bad arguments")
