@@ -136,13 +136,20 @@ class SlotCache:
 class ContinuousBatcher:
     """Up to `capacity` streams in one batch: `join(request)` and `leave(id)` between chunks, `step()` makes
     one chunk of every active stream and returns {id: latents (c, C, H, W)}; a stream leaves by itself
-    after its script's last chunk."""
+    after its script's last chunk.
 
-    def __init__(self, model, steps: int, n_sink: int = 0, capacity: int = 8, ts: torch.Tensor | None = None):
+    manual: attention spelled out (q k^T, softmax, @ v; transformer.attention's reference path) instead of
+    the fused kernel. Default: on the CPU, where for these tiny heads (8 queries, 72 keys each) the fused
+    kernel's per-head overhead grows with the batch (at 32 streams a call took 56 ms fused, 38 ms spelled
+    out; the same at 1 stream); the fused kernel on a GPU. Equal up to rounding (tested)."""
+
+    def __init__(self, model, steps: int, n_sink: int = 0, capacity: int = 8, ts: torch.Tensor | None = None,
+                 manual: bool | None = None):
         if not isinstance(capacity, int) or isinstance(capacity, bool) or capacity < 1:
             raise ValueError(f"capacity must be an int >= 1, got {capacity!r}")
         cfg, p = model.config, next(model.parameters())
         self.model, self.steps, self.c, self.capacity = model, steps, cfg.chunk, capacity
+        self.manual = p.device.type == "cpu" if manual is None else manual
         window = cfg.max_frames - n_sink - self.c  # as stream_batch's interactive mode: the tail holds one chunk
         if not isinstance(n_sink, int) or isinstance(n_sink, bool) or n_sink < 0 or window < self.c:
             raise ValueError(f"n_sink must be an int in [0, {cfg.max_frames - 2 * self.c}], got {n_sink!r}")
@@ -191,7 +198,8 @@ class ContinuousBatcher:
     def _call(self, n: int):
         mask = self.cache.mask(n, self.c * self.model.config.tokens_per_frame)
         self.calls += 1
-        return self.model.velocity(self.z, self.t, self.actions, self.scene, cache=self.cache, mask=mask)
+        return self.model.velocity(self.z, self.t, self.actions, self.scene, cache=self.cache, mask=mask,
+                                   manual=self.manual)
 
     @torch.inference_mode()
     def step(self) -> dict[int, torch.Tensor]:

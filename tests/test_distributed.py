@@ -55,10 +55,10 @@ def expect_alone(model, got: dict, reqs, steps=STEPS, n_sink=N_SINK, stagger=Fal
 # ---------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-@pytest.mark.parametrize("n_sink", [0, 2])
-def test_a_stream_is_the_same_whoever_joins_and_leaves(dtype, n_sink):
+@pytest.mark.parametrize("n_sink, manual", [(0, True), (2, True), (2, False)])
+def test_a_stream_is_the_same_whoever_joins_and_leaves(dtype, n_sink, manual):
     model, reqs, rng = random_model(dtype), requests(7), random.Random(1)
-    batcher, out, pending, tick = ContinuousBatcher(model, STEPS, n_sink, capacity=3), {}, list(reqs), 0
+    batcher, out, pending, tick = ContinuousBatcher(model, STEPS, n_sink, capacity=3, manual=manual), {}, list(reqs), 0
     while pending or batcher.active:
         while pending and batcher.free and rng.random() < 0.6:  # joins at random ticks, into reused slots
             batcher.join(pending.pop(0))
