@@ -27,6 +27,7 @@ BENCHMARKS = {
     "self-forcing": "minimal.self_forcing_bench:bench",
     "pipeline": "minimal.pipeline_bench:bench",
     "soak": "minimal.pipeline_bench:soak",
+    "long": "minimal.long_video_bench:bench",
     "distributed": "minimal.distributed_bench:bench",
 }
 

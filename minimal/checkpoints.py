@@ -121,6 +121,8 @@ SHIPPED = {
                         needs=("video-df", "frame-ae")),
     "video-sf1": Shipped("video", "minimal.self_forcing_recipes:train_video_sf1", steps=1,
                          needs=("video-df", "frame-ae")),
+    "video-sfpp": Shipped("video", "minimal.self_forcing_recipes:train_video_sfpp", steps=4,
+                          needs=("video-sf", "video-df", "frame-ae")),
 }
 
 

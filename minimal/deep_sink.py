@@ -28,7 +28,7 @@ import math
 import torch
 
 from .sinks import SinkCache
-from .transformer import apply_rope, causal_mask
+from .transformer import apply_rope
 
 
 def deep_sink_cache(model, budget: int, sink_fraction: float = 0.5, batch_size: int = 1) -> SinkCache:
@@ -53,16 +53,20 @@ def _check_budget(n_sink: int, recent: int, budget: int, capacity: int, max_posi
         raise ValueError(f"capacity {capacity} exceeds the {max_positions} positions the model was trained on")
 
 
-def importance(q_recent: torch.Tensor, k: torch.Tensor, rope_base: float) -> torch.Tensor:
+def importance(q_recent: torch.Tensor, k: torch.Tensor, rope_base: float, tokens_per_position: int = 1,
+               chunk: int = 1) -> torch.Tensor:
     """phi (B, T_k): attention paid to each key by the R recent queries (the last R of the T_k tokens).
 
-    q_recent (B, H, R, D) and k (B, H, T_k, D) are raw (before RoPE); keys sit at 0..T_k-1.
-    """
+    q_recent (B, H, R, D) and k (B, H, T_k, D) are raw (before RoPE); token j sits at position j // P
+    (P = tokens_per_position; a video frame's patches share one), and a query sees the keys up to the end of
+    its own chunk of positions (block-causal; for P = chunk = 1, causal)."""
     t_k, r = k.shape[2], q_recent.shape[2]
-    q = apply_rope(q_recent, torch.arange(t_k - r, t_k, device=k.device), rope_base)
-    k = apply_rope(k, torch.arange(t_k, device=k.device), rope_base)
+    pos = torch.arange(t_k, device=k.device) // tokens_per_position  # (T_k,)
+    q = apply_rope(q_recent, pos[t_k - r:], rope_base)
+    k = apply_rope(k, pos, rope_base)
     att = (q @ k.transpose(-2, -1)) / math.sqrt(k.shape[-1])  # (B, H, R, T_k)
-    att = att.masked_fill(~causal_mask(r, t_k, k.device), float("-inf")).softmax(-1)
+    visible = pos[None, :] // chunk <= pos[t_k - r:, None] // chunk  # (R, T_k)
+    att = att.masked_fill(~visible, float("-inf")).softmax(-1)
     return att.sum(dim=(1, 2))  # (B, T_k)
 
 

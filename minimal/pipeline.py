@@ -20,10 +20,13 @@ Two modes:
                            before it leaves, so actions show about (S - 1) c frames later.
 
 The controls (`set_action`, `set_scene`) may be called from another thread while one thread streams: a
-lock guards them, and a chunk reads them once, when it enters. Each stream of a batch has its own
-actions, scene, noise generator (seed + i) and cache rows. `session()` records every chunk's
-conditioning; pipeline_session.replay plays it back to identical frames. `Pacer` shows frames on a
-steady clock. On CUDA the model runs in bfloat16 and its calls are replayed as captured CUDA graphs.
+lock guards them, and a chunk reads them once, when it enters. A scene switch re-caches the context
+(long_video.py: the kept frames repainted into the new scene and re-encoded under its label, LongLive's
+KV re-cache), so the switch takes within a chunk or two instead of when the old frames leave the window.
+Each stream of a batch has its own actions, scene, noise generator (seed + i) and cache rows.
+`session()` records every chunk's conditioning; pipeline_session.replay plays it back to identical
+frames. `Pacer` shows frames on a steady clock. On CUDA the model runs in bfloat16 and its calls are
+replayed as captured CUDA graphs.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from .autoencoder import load_autoencoder
 from .checkpoints import load_pretrained, shipped
 from .data import ACTIONS, SCENE_NAMES
 from .flow_matching import check_nfe
+from .long_video import RECACHE, recache_settings
 from .stream_batch import StreamBatch
 from .timing import percentile, resolve_device, synchronize
 
@@ -62,9 +66,12 @@ class StreamPipeline:
     """B streams of frames from a video model and a frame autoencoder; see the module docstring."""
 
     def __init__(self, model, autoencoder, name: str, steps: int, n_sink: int = 0, stagger: bool = False,
-                 batch_size: int = 1, ts: torch.Tensor | None = None, graphs: bool | None = None):
+                 batch_size: int = 1, ts: torch.Tensor | None = None, graphs: bool | None = None,
+                 recache: str | None = "repaint"):
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
             raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+        if recache is not None and recache not in RECACHE:
+            raise ValueError(f"recache must be one of {RECACHE} or None, got {recache!r}")
         self.model, self.ae, self.name, self.B = model, autoencoder, name, batch_size
         self.device = next(model.parameters()).device
         most = model.config.max_frames // model.config.chunk - 2  # in flight, with the refill and one past chunk
@@ -74,7 +81,7 @@ class StreamPipeline:
         self.stream = StreamBatch(model, steps, 1 if stagger else steps, batch_size, n_sink, fuse=stagger, ts=ts,
                                   graphs=self.device.type == "cuda" if graphs is None else graphs)
         self.settings = {"model": name, "steps": steps, "n_sink": n_sink, "stagger": stagger, "batch_size": batch_size,
-                         "device": self.device.type}
+                         "recache": recache, "device": self.device.type}
         self.lock = threading.Lock()
         self.seed = None  # set by reset
         self.closed = False
@@ -114,6 +121,8 @@ class StreamPipeline:
         self.chunk_seconds = deque(maxlen=100_000)  # generation time of each emitted chunk, the newest kept
         self.shown, self.busy = 0, 0.0  # busy: generation time since the last chunk
         self.nonfinite = 0  # chunks with a NaN or an infinity
+        self.last_scene, self.recaches = None, 0  # the scene of the last chunk that entered; scene switches re-cached
+        self.recache_noise = torch.Generator().manual_seed(seed)  # for recache="noised"
         self.t_reset, self.t_first = time.perf_counter(), None
 
     def next_frame(self, action=None) -> torch.Tensor:
@@ -146,6 +155,11 @@ class StreamPipeline:
         t0, new = time.perf_counter(), None
         if self.stream.due:
             actions, scene = self._conditioning(self.entered)
+            mode = self.settings["recache"]
+            if mode and self.last_scene is not None and (scene != self.last_scene).any():
+                self.stream.recache(scene.to(self.device), **recache_settings(mode, self.ae, self.recache_noise))
+                self.recaches += 1
+            self.last_scene = scene
             self.record += actions.tolist() + scene.tolist()  # ints: nothing for the garbage collector to scan
             self.entered += 1
             c, shape = self.stream.c, self.model.config.frame_shape
@@ -172,7 +186,7 @@ class StreamPipeline:
         out = {**self.settings, "in_flight": s.S, "frames_shown": self.shown, "chunks": len(times),
                "model_calls": s.calls, "cache_bytes": s.cache.nbytes,
                "action_lag_frames": (s.S - 1) * s.c,  # a key pressed at a chunk's first frame; up to c - 1 more
-               "nonfinite_chunks": self.nonfinite}
+               "nonfinite_chunks": self.nonfinite, "recaches": self.recaches}
         if self.t_first is not None:
             out["ttff_ms"] = (self.t_first - self.t_reset) * 1e3
         if times:
@@ -205,10 +219,12 @@ class StreamPipeline:
 
 
 def load_pipeline(model: str = "video-df", steps: int | None = None, n_sink: int = 0, stagger: bool = False,
-                  batch_size: int = 1, device=None, graphs: bool | None = None) -> StreamPipeline:
+                  batch_size: int = 1, device=None, graphs: bool | None = None,
+                  recache: str | None = "repaint") -> StreamPipeline:
     """A StreamPipeline for a shipped video model by checkpoint name. steps=None: the checkpoint's own
     schedule (registry default, or the student's fixed schedule in its meta); a student accepts only
-    the step counts it was distilled for. graphs: CUDA graph capture (default: on a CUDA device)."""
+    the step counts it was distilled for. graphs: CUDA graph capture (default: on a CUDA device).
+    recache: what a scene switch does to the context (long_video.RECACHE), None to leave it."""
     entry = shipped(model, kind="video")
     device = resolve_device(device)
     net, meta = load_pretrained(model, device=device)
@@ -223,7 +239,7 @@ def load_pipeline(model: str = "video-df", steps: int | None = None, n_sink: int
     ae, _ = load_autoencoder(device)
     if device.type == "cuda":
         net = net.to(torch.bfloat16)
-    return StreamPipeline(net, ae, model, steps, n_sink, stagger, batch_size, ts, graphs)
+    return StreamPipeline(net, ae, model, steps, n_sink, stagger, batch_size, ts, graphs, recache)
 
 
 class Pacer:

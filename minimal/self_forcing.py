@@ -53,7 +53,6 @@ from tqdm.auto import tqdm
 
 from .diffusion_forcing import chunk_times, teacher_forcing_mask, video_loss
 from .flow_matching import interpolate
-from .kv_cache import KVCache
 from .timing import resolve_device
 from .training import EMA, check_steps, set_lr, warmup_cosine
 from .video_model import T_MIN, VideoTransformer
@@ -75,11 +74,13 @@ def check_student(student: VideoTransformer, teacher: VideoTransformer) -> None:
 
 
 class ReadOnlyCache:
-    """A KVCache read out of place: `update` returns [cached keys | new keys] by concatenation and writes
-    nothing, so the new keys keep their gradient and the cache's buffers are never modified."""
+    """A KVCache or a rolling SinkCache read out of place: `update` returns the keys and values the cache
+    would return, [kept | new] built by concatenation, and writes nothing, so the new keys keep their
+    gradient and the cache's buffers are never modified."""
 
-    def __init__(self, cache: KVCache):
+    def __init__(self, cache):
         self.cache = cache
+        self.stores_raw_keys = getattr(cache, "stores_raw_keys", False)  # a SinkCache: keys before RoPE
 
     @property
     def length(self) -> int:
@@ -88,13 +89,17 @@ class ReadOnlyCache:
     def next_positions(self, n: int) -> torch.Tensor:
         return self.cache.next_positions(n)
 
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        n = self.cache.length
-        return (torch.cat([self.cache.k[layer, :, :, :n], k], 2),
-                torch.cat([self.cache.v[layer, :, :, :n], v], 2))  # (B, H, n + T, D)
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor, q: torch.Tensor | None = None):
+        c, n = self.cache, k.shape[2]
+        start, end = c.place(n) if self.stores_raw_keys else (c.length, c.length + n)  # where update would write
+        return tuple(torch.cat([buf[layer, :, :, :start], new, buf[layer, :, :, start + n:end]], 2)
+                     for buf, new in ((c.k, k), (c.v, v)))  # (B, H, T_k, D)
+
+    def key_positions(self) -> torch.Tensor:
+        return self.cache.key_positions()
 
     def advance(self, n: int) -> None:
-        raise RuntimeError("a ReadOnlyCache never commits: refill the KVCache it reads")
+        raise RuntimeError("a ReadOnlyCache never commits: refill the cache it reads")
 
 
 def clean_prediction(model: VideoTransformer, z, t, actions, scene, **kwargs) -> torch.Tensor:
@@ -105,25 +110,31 @@ def clean_prediction(model: VideoTransformer, z, t, actions, scene, **kwargs) ->
 
 def rollout_with_exit(student: VideoTransformer, actions, scene, steps: int, noise: torch.Tensor,
                       exits: torch.Tensor) -> torch.Tensor:
-    """Self Forcing's training rollout -> the clip x (B, F, C, H, W), chunk k's gradient from its exit step.
+    """Self Forcing's training rollout -> its last W = min(F, max_frames) frames (B, W, C, H, W'), each
+    chunk's gradient from its exit step.
 
-    actions (B, F) int64, scene (B,), noise (B, F, C, H, W); exits (K,) int64, the exit step of every chunk
-    in [0, steps). Steps before the exit: no grad, on the cache in place; the exit step: with grad, on a
-    ReadOnlyCache; then the cache is refilled with the detached chunk at t = 0."""
+    actions (B, F) int64, scene (B,), noise (B, F, C, H, W); exits (K,) int64, the exit step of each of the
+    K = W / c chunks of the window, in [0, steps). Steps before the exit: no grad, on the cache in place;
+    the exit step: with grad, on a ReadOnlyCache; then the cache is refilled with the detached chunk at
+    t = 0. F > max_frames (Self-Forcing++, self_forcing_pp.py): the chunks before the window run the whole
+    schedule without grad, on the rolling frame cache, as at inference."""
     cfg, ts = student.config, schedule(steps)
-    c, K = cfg.chunk, actions.shape[1] // cfg.chunk
+    c, Fr = cfg.chunk, actions.shape[1]
+    W = min(Fr, cfg.max_frames)
+    K0, K = (Fr - W) // c, W // c  # chunks before the window, chunks in it
     if not isinstance(exits, torch.Tensor) or exits.shape != (K,):
-        raise ValueError(f"exits must be a tensor of one exit step per chunk, shape ({K},)")
+        raise ValueError(f"exits must be a tensor of one exit step per chunk of the window, shape ({K},)")
     if int(exits.min()) < 0 or int(exits.max()) >= steps:
         raise ValueError(f"every exit step must be in [0, steps = {steps}), got {exits.tolist()}")
     B = actions.shape[0]
-    cache = student.new_cache(B)
+    cache = student.new_cache(B) if Fr <= cfg.max_frames else student.new_rolling_cache(B)
     chunks = []
-    for k in range(K):
-        a, z, s_k = actions[:, k * c:(k + 1) * c], noise[:, k * c:(k + 1) * c], int(exits[k])
+    for k in range(K0 + K):
+        a, z = actions[:, k * c:(k + 1) * c], noise[:, k * c:(k + 1) * c]
+        s_k = steps - 1 if k < K0 else int(exits[k - K0])
         for i in range(s_k + 1):
             t = torch.full((B, c), ts[i], device=z.device, dtype=z.dtype)
-            if i < s_k:
+            if i < s_k or k < K0:
                 with torch.no_grad():
                     x_hat = clean_prediction(student, z, t, a, scene, cache=cache)
                     z = (1 - ts[i + 1]) * x_hat + ts[i + 1] * (z - (1 - ts[i]) * x_hat) / ts[i]  # DDIM = Euler
@@ -132,7 +143,8 @@ def rollout_with_exit(student: VideoTransformer, actions, scene, steps: int, noi
         with torch.no_grad():  # the clean-context pass
             student(x_hat.detach(), torch.zeros(B, c, device=z.device, dtype=z.dtype), a, scene, cache=cache)
             cache.advance(c * cfg.tokens_per_frame)
-        chunks.append(x_hat)
+        if k >= K0:
+            chunks.append(x_hat)
     return torch.cat(chunks, 1)
 
 
@@ -172,6 +184,7 @@ class SelfForcingRecipe:
     t_high: float = 0.98
     ema: float = 0.99
     seed: int = 0
+    horizon: int | None = None  # rollout frames, up to; None: max_frames (Self Forcing), more: Self-Forcing++
 
 
 def check_recipe(recipe: SelfForcingRecipe) -> None:
@@ -185,6 +198,17 @@ def check_recipe(recipe: SelfForcingRecipe) -> None:
         raise ValueError(f"need 0 < t_low < t_high < 1, got {recipe.t_low}, {recipe.t_high}")
 
 
+def check_horizon(horizon, config) -> int:
+    """The rollout length a recipe trains on: max_frames (None) or a longer multiple of the chunk."""
+    if horizon is None:
+        return config.max_frames
+    if not isinstance(horizon, int) or isinstance(horizon, bool) or horizon < config.max_frames or \
+            horizon % config.chunk:
+        raise ValueError(f"horizon must be None or an int >= max_frames ({config.max_frames}) and a multiple of the "
+                         f"chunk ({config.chunk}), got {horizon!r}")
+    return horizon
+
+
 def train_student(teacher: VideoTransformer, steps: int, recipe: SelfForcingRecipe, conditions, device=None,
                   progress: bool = True, student: VideoTransformer | None = None):
     """Self Forcing with DMD from `teacher` -> (EMA student, {"dmd": [...], "critic": [...]}, seconds).
@@ -192,9 +216,16 @@ def train_student(teacher: VideoTransformer, steps: int, recipe: SelfForcingReci
     steps: the student's steps per chunk (SCHEDULES); conditions(generator) -> (actions (B, F), scenes (B,)),
     the training conditioning; student: where the student starts (default: the teacher's weights), of the
     teacher's config. Every iteration draws a rollout (with random exits) and updates the critic
-    on it; every critic_ratio-th also updates the student by DMD."""
+    on it; every critic_ratio-th also updates the student by DMD.
+
+    recipe.horizon > max_frames is Self-Forcing++ (Cui et al. 2025): each rollout runs F frames, F drawn
+    uniformly from the chunk multiples in [max_frames, horizon], on the rolling cache, and the losses
+    judge its last max_frames frames, a window that starts wherever the long rollout has drifted to; the
+    teacher and the critic see the window's own frames as its past (they know no longer context).
+    conditions must then give at least `horizon` frames."""
     schedule(steps)
     check_recipe(recipe)
+    horizon = check_horizon(recipe.horizon, teacher.config)
     if student is not None:
         check_student(student, teacher)
     device = resolve_device(device)
@@ -215,10 +246,17 @@ def train_student(teacher: VideoTransformer, steps: int, recipe: SelfForcingReci
         gen_step = it % recipe.critic_ratio == recipe.critic_ratio - 1
         set_lr(opt_g, warmup_cosine(it // recipe.critic_ratio, recipe.steps, recipe.lr, floor=recipe.lr / 10))
         actions, scenes = (v.to(device) for v in conditions(g))
-        noise = torch.randn(actions.shape[0], cfg.max_frames, *cfg.frame_shape, generator=g).to(device)
+        Fr = cfg.max_frames  # the rollout's length; its last max_frames frames are the window judged
+        if horizon > Fr:
+            Fr += cfg.chunk * int(torch.randint(0, (horizon - Fr) // cfg.chunk + 1, (), generator=g))
+        if actions.shape[1] < Fr:
+            raise ValueError(f"conditions gave {actions.shape[1]} frames of actions; the recipe rolls out {Fr}")
+        actions = actions[:, :Fr]
+        noise = torch.randn(actions.shape[0], Fr, *cfg.frame_shape, generator=g).to(device)
         exits = torch.randint(0, steps, (K,), generator=g)
         with torch.set_grad_enabled(gen_step):
             x = rollout_with_exit(student, actions, scenes, steps, noise, exits)
+        actions = actions[:, -cfg.max_frames:]  # the window's
         if gen_step:
             t = recipe.t_low + (recipe.t_high - recipe.t_low) * chunk_times(x.shape[0], cfg.max_frames, cfg.chunk,
                                                                              g, device)

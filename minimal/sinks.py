@@ -104,20 +104,22 @@ class SinkCache:
         start = self.capacity - n if self._evicting(n) else self.n_seen
         return torch.arange(start, start + n, device=self.k.device) // self.P
 
+    def place(self, n: int) -> tuple[int, int]:
+        """(first slot of the next n tokens, slots `update` returns): after the kept tokens, or once full
+        over the oldest recent chunk, every slot returned."""
+        self._n_last = n
+        if self._evicting(n):
+            s, w = self.n_sink * self.P, self.window * self.P
+            return s + (self.n_seen - s) % w, self.capacity  # the oldest recent chunk's first slot
+        return self.n_seen, self.n_seen + n
+
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor, q: torch.Tensor | None = None):
         """Store raw k, v (B, H, n, D); return all valid slots (B, H, T_k, D) in physical order.
 
         The queries q are not needed here (see `deep_sink.CompressingCache`, which ranks keys by them)."""
-        n = self._n_last = k.shape[2]
-        if self._evicting(n):
-            s, w = self.n_sink * self.P, self.window * self.P
-            slot = s + (self.n_seen - s) % w  # the oldest recent chunk's first slot
-            self.k[layer, :, :, slot:slot + n] = k
-            self.v[layer, :, :, slot:slot + n] = v
-            return self.k[layer], self.v[layer]
-        end = self.n_seen + n
-        self.k[layer, :, :, self.n_seen:end] = k
-        self.v[layer, :, :, self.n_seen:end] = v
+        start, end = self.place(k.shape[2])
+        self.k[layer, :, :, start:start + k.shape[2]] = k
+        self.v[layer, :, :, start:start + k.shape[2]] = v
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
 
     def key_positions(self) -> torch.Tensor:

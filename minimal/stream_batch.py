@@ -34,6 +34,14 @@ from .sinks import check_sizes
 from .video_model import VideoTransformer
 
 
+def call_mask(n: int, kept: int, step: int, device=None) -> torch.Tensor:
+    """(n, kept + n) bool for a call of n tokens after `kept` cached ones: all see the cache; among the
+    call's chunks (`step` tokens each), block-causal."""
+    chunk = torch.arange(n, device=device) // step
+    ring = torch.ones(n, kept, dtype=torch.bool, device=device)
+    return torch.cat([ring, chunk[None, :] <= chunk[:, None]], 1)
+
+
 class StreamCache:
     """A ring of committed frames (n_sink sinks + `window` recent, turned one chunk at a time) followed by
     a tail of `tail` frames where every call writes its tokens. Sizes in frames; counts in tokens. Raw keys.
@@ -94,10 +102,7 @@ class StreamCache:
         return torch.cat([ring, torch.arange(valid, valid + self.n_new, device=device)]) // self.P
 
     def mask(self, n: int) -> torch.Tensor:
-        """(n, valid + n) bool for a call of n tokens: all see the ring; among the call's chunks, block-causal."""
-        chunk = torch.arange(n, device=self.k.device) // self.step
-        ring = torch.ones(n, self.length, dtype=torch.bool, device=self.k.device)
-        return torch.cat([ring, chunk[None, :] <= chunk[:, None]], 1)
+        return call_mask(n, self.length, self.step, self.k.device)
 
     def advance(self, n: int) -> None:
         """Commit the first n tokens (0 or one chunk) of the last call."""
@@ -166,6 +171,11 @@ def check_schedule(ts: torch.Tensor, steps: int) -> torch.Tensor:
     return ts
 
 
+def call_frames(steps: int, lag: int, fuse: bool, chunk: int) -> int:
+    """Frames one call writes after the kept ones: the S chunks in flight, and the refill if fused."""
+    return (in_flight(steps, lag) + fuse) * chunk
+
+
 def in_flight(steps: int, lag: int) -> int:
     """S, the chunks in flight at once: ceil(steps / lag)."""
     check_nfe(steps)
@@ -185,14 +195,21 @@ class StreamBatch:
     launch instead of hundreds of small kernels, where the GPU would otherwise wait on Python.
     fuse: the refill rides in the same model call as the chunks in flight (one call per step; the ring
     holds one chunk less, since the refill needs room in the tail). Unfused, the refill is a call of its
-    own, as in video_sampling.sample_chunks: with lag = steps that is sample_chunks(cache="rolling")."""
+    own, as in video_sampling.sample_chunks: with lag = steps that is sample_chunks(cache="rolling").
+    cache: another cache of committed frames with StreamCache's members (mask, next_positions, update,
+    key_positions, advance, reset), room for `call_frames` frames per call after what it keeps; e.g.
+    deep_sink.FrameCompressingCache. Default: StreamCache's ring (or NaiveStreamCache's lists).
+
+    `recache(scene)` is LongLive's KV re-cache for a scene switch: the committed frames the ring keeps are
+    re-encoded under the new scene, so the past stops pulling toward the old one."""
 
     def __init__(self, model: VideoTransformer, steps: int, lag: int, batch_size: int = 1, n_sink: int = 0,
-                 fuse: bool = True, ts: torch.Tensor | None = None, reference: bool = False, graphs: bool = False):
+                 fuse: bool = True, ts: torch.Tensor | None = None, reference: bool = False, graphs: bool = False,
+                 cache=None):
         cfg, p = model.config, next(model.parameters())
         self.model, self.steps, self.lag, self.fuse = model, steps, lag, fuse
         self.S, self.c = in_flight(steps, lag), cfg.chunk
-        tail = (self.S + fuse) * self.c  # frames written by one call
+        tail = call_frames(steps, lag, fuse, self.c)  # frames written by one call
         if tail + self.c > cfg.max_frames:
             refill = " and the refill" if fuse else ""
             raise ValueError(f"{self.S} chunks in flight (steps {steps} / lag {lag}){refill} leave no room for context "
@@ -203,9 +220,13 @@ class StreamBatch:
             raise ValueError(f"n_sink must be an int in [0, {cfg.max_frames - tail - self.c}]: max_frames "
                              f"({cfg.max_frames}) must hold the sinks, one recent chunk and the {tail} frames of a "
                              f"call ({what}), got {n_sink!r}")
-        self.cache = NaiveStreamCache(cfg.n_layer, n_sink, window, cfg.tokens_per_frame, self.c) if reference else \
+        if cache is not None and (reference or graphs):
+            raise ValueError("give a cache object or ask for the reference lists or CUDA graphs, not both")
+        self.cache = cache if cache is not None else \
+            NaiveStreamCache(cfg.n_layer, n_sink, window, cfg.tokens_per_frame, self.c) if reference else \
             StreamCache(cfg.n_layer, batch_size, cfg.n_head, cfg.head_dim, n_sink, window, tail, cfg.tokens_per_frame,
                         self.c, p.device, p.dtype)
+        self.kept_chunks = (n_sink // self.c, window // self.c) if cache is None else None  # (sink, recent) chunks
         ts = torch.linspace(1.0, 0.0, steps + 1, device=p.device, dtype=p.dtype) if ts is None else ts
         self.ts = check_schedule(ts, steps).to(p)
         n = (self.S + 1) * self.c  # [refill | S in flight]
@@ -223,6 +244,48 @@ class StreamBatch:
         self.levels: list[int] = []  # the step of each chunk in flight, oldest first
         self.refill = False  # a clean chunk waits in z[:, :c] for its context pass
         self.steps_taken = self.calls = 0
+        self.history: list[tuple] = []  # (z, actions, scene (B,)) of the chunks the ring keeps, oldest first
+
+    def _remember(self) -> None:
+        """Keep the chunk being committed (z[:, :c], clean) for recache, evicted as the ring evicts."""
+        if self.kept_chunks is None:
+            return
+        n_sink, n_recent = self.kept_chunks
+        c = self.c
+        self.history.append((self.z[:, :c].clone(), self.actions[:, :c].clone(), self.scene[:, 0].clone()))
+        del self.history[n_sink:max(n_sink, len(self.history) - n_recent)]
+
+    @torch.inference_mode()
+    def recache(self, scene: torch.Tensor, t: float = 0.0, generator: torch.Generator | None = None,
+                repaint=None) -> None:
+        """KV re-cache (LongLive): empty the cache and re-encode the frames it kept, oldest first, one chunk
+        per call as when they were committed, under `scene` (B,); the chunks in flight and the one waiting
+        to be committed take the new scene too. One call per kept chunk, once.
+
+        t > 0: the kept frames are re-encoded noised, x_t = (1 - t) x + t e (e from `generator`), so that
+        what they show of the old scene weighs less (diffusion forcing trained on noisy context).
+        repaint(z (B, c, C, H, W), old (B,), new (B,)) -> z: first turn each kept chunk into the new scene."""
+        if self.kept_chunks is None:
+            raise ValueError("recache re-encodes the frames of the ring cache; this stream runs another cache")
+        if self.graphs:
+            self.graphs.clear()  # captured for the turned ring; recaptured when it turns again
+        if not isinstance(t, (int, float)) or isinstance(t, bool) or not 0 <= t <= 1:
+            raise ValueError(f"t (the noise level of the re-encoded frames) must be a number in [0, 1], got {t!r}")
+        if self.refill:  # the chunk that came out last is re-encoded with the others, not committed afterwards
+            self._remember()
+            self.refill = False
+        self.scene[:] = scene[:, None]
+        self.cache.reset()
+        c, P = self.c, self.model.config.tokens_per_frame
+        tz = torch.full_like(self.t[:, :c], t)
+        for i, (x, a, old) in enumerate(self.history):
+            if repaint is not None:
+                x = repaint(x, old, scene)
+                self.history[i] = (x, a, scene.clone())
+            if t:
+                x = (1 - t) * x + t * torch.randn(x.shape, generator=generator).to(x)
+            self.model.velocity(x, tz, a, self.scene[:, :c], cache=self.cache, mask=self.cache.mask(c * P))
+            self.cache.advance(c * P)
 
     @property
     def due(self) -> bool:
@@ -248,6 +311,8 @@ class StreamBatch:
             self.cache.next_positions((frames.stop - frames.start) * self.model.config.tokens_per_frame)  # lay out
             graph.replay()
         self.cache.advance(commit * self.model.config.tokens_per_frame)
+        if commit:
+            self._remember()
         self.calls += 1
         return v
 
@@ -303,20 +368,40 @@ class StreamBatch:
         return self.z[:, :c].clone()
 
 
+def check_scene(scene, B: int, Fr: int, n_scenes: int) -> torch.Tensor:
+    """A scene as an int, one per stream (B,) or one per frame (B, F) -> (B, F) int64, each in [0, n_scenes)."""
+    if isinstance(scene, int) and not isinstance(scene, bool):
+        scene = torch.full((B,), scene, dtype=torch.long)
+    if not isinstance(scene, torch.Tensor) or scene.dtype != torch.long or tuple(scene.shape) not in ((B,), (B, Fr)):
+        raise ValueError(f"scene must be an int or an int64 tensor of shape ({B},) or ({B}, {Fr}), got "
+                         f"{tuple(scene.shape) if isinstance(scene, torch.Tensor) else type(scene).__name__}")
+    if scene.numel() and not 0 <= int(scene.min()) <= int(scene.max()) < n_scenes:
+        raise ValueError(f"unknown scene: every scene must be in [0, {n_scenes}), got {scene.unique().tolist()}")
+    return scene[:, None].expand(B, Fr) if scene.ndim == 1 else scene
+
+
 @torch.no_grad()
 def sample_stream(model: VideoTransformer, actions: torch.Tensor, scene, steps: int, lag: int, noise: torch.Tensor,
-                  n_sink: int = 0, fuse: bool = True, reference: bool = False) -> torch.Tensor:
+                  n_sink: int = 0, fuse: bool = True, reference: bool = False, ts: torch.Tensor | None = None,
+                  recache: bool | dict = False, cache=None) -> torch.Tensor:
     """A whole video (B, F, C, H, W) through StreamBatch: chunk k of `noise` (B, F, C, H, W) enters when
-    due with actions (B, F) and scene (int or (B,)), then the stream drains. Any F: the ring rolls."""
+    due with actions (B, F) and scene (int, (B,), or (B, F) to switch scenes mid-stream: a chunk takes the
+    scene of its first frame), then the stream drains. Any F: the ring rolls. recache: on a switch, re-encode
+    the kept frames under the new scene before the chunk enters (True; a dict: StreamBatch.recache's keyword
+    arguments). ts, cache: as StreamBatch's."""
     B, Fr = actions.shape
     c = model.config.chunk
-    scene = torch.full((B,), scene, dtype=torch.long) if isinstance(scene, int) else scene
+    scene = check_scene(scene, B, Fr, model.config.n_scenes)
     p = next(model.parameters())
-    stream, out, k = StreamBatch(model, steps, lag, B, n_sink, fuse, reference=reference), [], 0
+    stream = StreamBatch(model, steps, lag, B, n_sink, fuse, ts=ts, reference=reference, cache=cache)
+    out, k = [], 0
     while len(out) < Fr // c:
         new = None
         if stream.due and k < Fr // c:
-            new = (noise[:, k * c:(k + 1) * c].to(p), actions[:, k * c:(k + 1) * c].to(p.device), scene.to(p.device))
+            s_k = scene[:, k * c].to(p.device)
+            if recache and k and (s_k != scene[:, (k - 1) * c].to(p.device)).any():
+                stream.recache(s_k, **({} if recache is True else recache))
+            new = (noise[:, k * c:(k + 1) * c].to(p), actions[:, k * c:(k + 1) * c].to(p.device), s_k)
             k += 1
         x = stream.step(new)
         if x is not None:
