@@ -163,13 +163,13 @@ def scripted_workload(n_streams: int, chunks: int, seed: int = 0, arrive_every: 
     return Workload(requests, {i: i * arrive_every for i in range(n_streams)}, leave)
 
 
-def _collective(rank: int, what: str, fn, *args):
-    """Run a collective; a dead or silent peer becomes an error that says what happened."""
+def guarded(rank: int, what: str, fn, *args, **kwargs):
+    """Run a collective or a receive; a dead or silent peer becomes an error that says what happened."""
     try:
-        return fn(*args)
+        return fn(*args, **kwargs)
     except Exception as e:  # noqa: BLE001 - gloo and NCCL raise several kinds for a lost peer
         raise RuntimeError(f"rank {rank}: {what} failed, a peer process has stopped or stopped answering "
-                           f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); serving stops") from e
+                           f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); this rank stops") from e
 
 
 class _Admission:
@@ -220,14 +220,14 @@ def serve_rank(rank: int, world_size: int, model, workload: Workload, steps: int
     admission = _Admission(workload, world_size, capacity) if rank == 0 else None
     frames, chunk_ms, made, tick = {}, {}, 0, 0
     length = {r.id: len(r.script) for r in workload.requests}
-    _collective(rank, "the start barrier", dist.barrier)
+    guarded(rank, "the start barrier", dist.barrier)
     t0 = time.perf_counter()
     while True:
         box = [None]
         if rank == 0:
             orders = admission.orders(tick)
             box = [None if admission.done else orders]
-        _collective(rank, f"tick {tick}'s broadcast of the orders", dist.broadcast_object_list, box, 0)
+        guarded(rank, f"tick {tick}'s broadcast of the orders", dist.broadcast_object_list, box, 0)
         if box[0] is None:
             break
         mine = box[0][rank]
@@ -245,7 +245,7 @@ def serve_rank(rank: int, world_size: int, model, workload: Workload, steps: int
         ms = (time.perf_counter() - t_chunk) * 1e3
         made += len(out)
         gathered = [None] * world_size if rank == 0 else None
-        _collective(rank, f"tick {tick}'s gather of the frames", dist.gather_object, (out, ms), gathered, 0)
+        guarded(rank, f"tick {tick}'s gather of the frames", dist.gather_object, (out, ms), gathered, 0)
         if rank == 0:
             for part, part_ms in gathered:
                 for sid, x in part.items():

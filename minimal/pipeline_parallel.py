@@ -37,7 +37,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from .continuous_batching import StreamRequest
-from .distributed import check_world
+from .distributed import check_world, guarded
 from .flow_matching import time_features
 from .stream_batch import StreamBatch, StreamCache
 from .video_model import T_MIN, patchify, unpatchify
@@ -181,7 +181,7 @@ def blocks_rank(rank: int, world_size: int, model, requests: list[StreamRequest]
         if rank == 0:
             if j >= M and world_size > 1:  # this micro-batch's previous call must be back first
                 buf = torch.empty(B, c, *cfg.frame_shape, dtype=p.dtype, device=p.device)
-                dist.recv(buf, world_size - 1)
+                guarded(rank, f"call {j - M}'s return from the last stage", dist.recv, buf, world_size - 1)
                 ta = time.perf_counter()
                 finish(*order[j - M], buf)
             if i == 0:
@@ -194,7 +194,7 @@ def blocks_rank(rank: int, world_size: int, model, requests: list[StreamRequest]
             x, cond = embed(model, z, t, a, s)
         else:
             buf = torch.empty(B, n, 2 * cfg.n_embd, dtype=p.dtype, device=p.device)
-            dist.recv(buf, rank - 1)
+            guarded(rank, f"call {j}'s receive from stage {rank - 1}", dist.recv, buf, rank - 1)
             ta = time.perf_counter()
             x, cond = buf.chunk(2, dim=-1)
         cache = caches[m]
@@ -220,7 +220,7 @@ def blocks_rank(rank: int, world_size: int, model, requests: list[StreamRequest]
         for j in range(max(0, len(order) - M), len(order)):
             k, i, m = order[j]
             buf = torch.empty(len(groups[m]), c, *cfg.frame_shape, dtype=p.dtype, device=p.device)
-            dist.recv(buf, world_size - 1)
+            guarded(rank, f"call {j}'s return from the last stage", dist.recv, buf, world_size - 1)
             finish(k, i, m, buf)
     for h in sends:
         h.wait()
@@ -259,7 +259,7 @@ class _StepCache:
         for src in sorted(r for r in self.spans if r > self.rank):
             a, b = self.spans[src]
             kv = torch.empty(2, B, H, b - a, D, dtype=self.cache.k.dtype, device=self.cache.k.device)
-            dist.recv(kv, src, tag=layer)
+            guarded(self.rank, f"layer {layer}'s keys from rank {src}", dist.recv, kv, src, tag=layer)
             self._write(layer, a, b, kv[0], kv[1])
 
     def update(self, layer, k, v, q=None):
@@ -301,8 +301,8 @@ def steps_rank(rank: int, world_size: int, model, requests: list[StreamRequest],
         elif 0 <= g - rank < n_chunks and rank > 0:  # the chunk the previous rank stepped last tick
             z = torch.empty(len(requests), c, *cfg.frame_shape, dtype=p.dtype, device=p.device)
             labels = torch.empty(2, len(requests), c, dtype=torch.long, device=p.device)
-            dist.recv(z, rank - 1)
-            dist.recv(labels, rank - 1)
+            guarded(rank, f"tick {g}'s chunk from rank {rank - 1}", dist.recv, z, rank - 1)
+            guarded(rank, f"tick {g}'s labels from rank {rank - 1}", dist.recv, labels, rank - 1)
             held = (z, labels[0], labels[1])
         view = _StepCache(cache, rank, spans, (r0 + c * (k_max - k_min + 1)) * P)
         if rank in spans:

@@ -169,27 +169,32 @@ def blocks_rank_alone(model, fixed):
 # Faults and bad sizes
 # ---------------------------------------------------------------------------------------------------
 
-def killed_mid_stream(rank, world_size, model, workload, stamp):
-    """Rank 1 kills itself (SIGKILL: no goodbye) a moment into serving; the time is written to `stamp`."""
+def killed_mid_stream(rank, world_size, scheme, model, workload, stamp):
+    """Rank 1 kills itself (SIGKILL: no goodbye) a moment into the scheme; the time is written to `stamp`."""
     if rank == 1:
         def kill():
             with open(stamp, "w") as f:
                 f.write(repr(time.time()))
             os.kill(os.getpid(), signal.SIGKILL)
         threading.Timer(1.5, kill).start()
-    return serve_rank(rank, world_size, model, workload, STEPS, N_SINK, 4)
+    if scheme == "serve":
+        return serve_rank(rank, world_size, model, workload, STEPS, N_SINK, 4)
+    if scheme == "blocks":
+        return blocks_rank(rank, world_size, model, workload.requests, STEPS, N_SINK, 2)
+    return steps_rank(rank, world_size, model, workload.requests, world_size, N_SINK)
 
 
-def test_a_killed_worker_stops_the_others_with_a_clear_error(tmp_path):
+@pytest.mark.parametrize("scheme, where", [("serve", "tick"), ("blocks", "call"), ("steps", "rank 1")])
+def test_a_killed_worker_stops_the_others_with_a_clear_error(tmp_path, scheme, where):
     model = random_model(torch.float32)
     workload = Workload([StreamRequest(i, i, [(0, 0)] * 20_000) for i in range(4)])
     stamp = tmp_path / "killed"
     with pytest.raises(WorkerError) as err:
-        launch(killed_mid_stream, 2, model, workload, str(stamp), timeout=60)
+        launch(killed_mid_stream, 2, scheme, model, workload, str(stamp), timeout=60)
     errors = err.value.errors
     assert "code -9" in errors[1][0]  # the killed rank
     message, stopped = errors[0]
-    assert "a peer process has stopped" in message and "tick" in message, message
+    assert "a peer process has stopped" in message and where in message, message
     assert stopped - float(stamp.read_text()) < 10  # no hang: the survivor stopped within 10 s
 
 
