@@ -392,6 +392,7 @@ def sample_stream(model: VideoTransformer, actions: torch.Tensor, scene, steps: 
     B, Fr = actions.shape
     c = model.config.chunk
     scene = check_scene(scene, B, Fr, model.config.n_scenes)
+    settings = None if recache is False else {} if recache is True else recache  # StreamBatch.recache's keywords
     p = next(model.parameters())
     stream = StreamBatch(model, steps, lag, B, n_sink, fuse, ts=ts, reference=reference, cache=cache)
     out, k = [], 0
@@ -399,8 +400,8 @@ def sample_stream(model: VideoTransformer, actions: torch.Tensor, scene, steps: 
         new = None
         if stream.due and k < Fr // c:
             s_k = scene[:, k * c].to(p.device)
-            if recache and k and (s_k != scene[:, (k - 1) * c].to(p.device)).any():
-                stream.recache(s_k, **({} if recache is True else recache))
+            if settings is not None and k and (s_k != scene[:, (k - 1) * c].to(p.device)).any():
+                stream.recache(s_k, **settings)
             new = (noise[:, k * c:(k + 1) * c].to(p), actions[:, k * c:(k + 1) * c].to(p.device), s_k)
             k += 1
         x = stream.step(new)

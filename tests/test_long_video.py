@@ -145,6 +145,21 @@ def test_recache_re_encodes_the_kept_frames_under_the_new_scene(dtype, policy, t
     assert torch.equal(plain[:, :30], out[:, :30]) and (plain[:, 30:] - out[:, 30:]).abs().max() > 1e-3
 
 
+def test_each_recache_mode_of_long_rollout_acts():
+    """recache="relabel" (no keyword arguments to StreamBatch.recache) is a re-cache too: the frames after the
+    switch equal sample_stream(recache=True)'s and differ from the stream without one."""
+    model = random_model()
+    actions, scenes, noise = inputs(32)
+    scene = scenes[:, None].repeat(1, 32)
+    scene[:, 20:] = torch.tensor([2, 1])[:, None]
+    none = long_rollout(model, actions, scene, 2, noise)
+    relabel = long_rollout(model, actions, scene, 2, noise, recache="relabel")
+    assert torch.equal(relabel, sample_stream(model, actions, scene, 2, 2, noise, fuse=False, recache=True))
+    assert (relabel[:, 20:] - none[:, 20:]).abs().max() > 1e-3
+    noised = long_rollout(model, actions, scene, 2, noise, recache="noised", generator=torch.Generator().manual_seed(0))
+    assert (noised[:, 20:] - relabel[:, 20:]).abs().max() > 1e-3
+
+
 def test_recache_in_the_stagger_takes_the_chunks_in_flight_along():
     """Staggered, a switch re-encodes the ring and relabels the chunks in flight: the list-cache engine
     agrees, and the recache costs one call per kept chunk."""
