@@ -44,7 +44,8 @@ from .autoencoder import FrameAutoencoder
 from .data import SCENES
 from .deep_sink import _check_budget, importance
 from .flow_matching import check_nfe
-from .stream_batch import call_frames, call_mask, in_flight, sample_stream
+from .stream_batch import call_frames, in_flight, sample_stream
+from .stream_cache import call_mask
 from .transformer import apply_rope
 from .video_model import VideoTransformer
 
@@ -92,7 +93,8 @@ def recache_settings(mode: str, ae: FrameAutoencoder | None = None, generator=No
         return {"t": RECACHE_T, "generator": generator}
     if mode == "repaint":
         if ae is None:
-            raise ValueError("recache='repaint' needs the frame autoencoder (ae) to repaint the kept frames")
+            raise ValueError("recache 'repaint' needs the frame autoencoder to repaint the kept frames: give "
+                             "recache=recache_settings('repaint', ae)")
         return {"repaint": lambda z, old, new: repaint(ae, z, old, new)}
     return {}
 
@@ -281,18 +283,17 @@ def policy_stream(model: VideoTransformer, policy: str, steps: int, batch_size: 
 
 @torch.no_grad()
 def long_rollout(model: VideoTransformer, actions: torch.Tensor, scene, steps: int, noise: torch.Tensor,
-                 policy: str = "rolling", ts: torch.Tensor | None = None, recache: str | None = None,
-                 ae: FrameAutoencoder | None = None, window: int | None = None, n_sink: int | None = None,
-                 reference: bool = False, generator=None) -> torch.Tensor:
+                 policy: str = "rolling", ts: torch.Tensor | None = None, recache: str | dict | None = None,
+                 window: int | None = None, reference: bool = False) -> torch.Tensor:
     """Any number of frames (B, F, C, H, W) under a long-horizon policy (POLICIES), through the pipeline's
     engine. actions (B, F); scene: int, (B,) or (B, F) (a chunk takes its first frame's scene); noise
-    (B, F, C, H, W); ts: the schedule (a student's); recache: None or a re-cache mode on a scene switch
-    (RECACHE; "repaint" needs `ae`, "noised" draws from `generator`); n_sink: the policy's sink frames
-    instead of its own; reference: the list caches instead of the buffers (slow, obviously correct)."""
+    (B, F, C, H, W); ts: the schedule (a student's); recache: what a scene switch does: None, a mode of
+    RECACHE that needs nothing ("relabel", "noised"), or recache_settings(mode, ae, generator); window:
+    the rolling_forcing policy's chunks in flight (= steps); reference: the list caches instead of the
+    buffers (slow, obviously correct)."""
     s = policy_stream(model, policy, steps, actions.shape[0], window, reference)
-    n_sink = s["n_sink"] if n_sink is None else n_sink
-    recache = False if recache is None else recache_settings(recache, ae, generator)
-    if recache is not False and s["cache"] is not None:
+    recache = recache_settings(recache) if isinstance(recache, str) else recache
+    if recache is not None and s["cache"] is not None:
         raise ValueError(f"recache re-encodes the ring cache's frames; policy {policy!r} keeps its own selection")
-    return sample_stream(model, actions, scene, steps, s["lag"], noise, n_sink, s["fuse"], s["reference"], ts,
-                         recache, s["cache"])
+    return sample_stream(model, actions, scene, steps, s["lag"], noise, s["n_sink"], s["fuse"],
+                         False if recache is None else recache, ts=ts, reference=s["reference"], cache=s["cache"])

@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 
 from .autoencoder import load_autoencoder
-from .long_video import POLICIES, RECACHE, long_rollout
+from .long_video import POLICIES, RECACHE, long_rollout, recache_settings
 from .timing import resolve_device
 from .toybench import detect_sprites, score_video
 from .video_recipes import eval_actions, load_video_model
@@ -103,8 +103,8 @@ def switch_test(model, meta, ae, steps: int, policy: str, n_videos: int, seeds, 
     ts = _schedule(meta, steps)
 
     def stream(scene, mode=None):
-        z = long_rollout(model, a.to(p.device), scene.to(p.device), steps, noise, policy, ts=ts, recache=mode, ae=ae,
-                         generator=torch.Generator().manual_seed(7))
+        settings = None if mode is None else recache_settings(mode, ae, torch.Generator().manual_seed(7))
+        z = long_rollout(model, a.to(p.device), scene.to(p.device), steps, noise, policy, ts=ts, recache=settings)
         return ae.decode_video(z.float()).cpu()
 
     with torch.no_grad():

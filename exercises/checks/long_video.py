@@ -247,7 +247,7 @@ def video_sf_kept(n_frames: int = 192, batch: int = 4, seed: int = 0) -> tuple[t
                          chunk=cfg.chunk, max_frames=cfg.max_frames, rope_base=cfg.rope_base)
     scenes = torch.arange(batch) % cfg.n_scenes
     with torch.no_grad():
-        sample_stream(model, actions, scenes, steps, s["lag"], noise, s["n_sink"], s["fuse"], False, None, False, cache)
+        sample_stream(model, actions, scenes, steps, s["lag"], noise, s["n_sink"], s["fuse"], cache=cache)
     # the cache grows from `budget` frames a chunk at a time and compresses when it passes `capacity`
     frames = COMPRESS["budget"] + cfg.chunk * (-(-(COMPRESS["capacity"] + 1 - COMPRESS["budget"]) // cfg.chunk))
     return torch.stack(cache.kept), frames - COMPRESS["n_sink"] - COMPRESS["recent"]
