@@ -37,14 +37,15 @@ from .common import (
 
 ROPE_BASE = 10000.0
 ATOL = 1e-9  # float64 inputs: the same sums in another order
-# (B, H, P, D, n frames kept, chunk, n_sink, recent, budget): recent >= chunk, as the cache requires
+# (B, H, P, D, n frames kept, chunk, n_sink, recent, budget): recent >= chunk and every size in whole chunks,
+# as the cache requires
 CASES = (
     (1, 1, 1, 4, 10, 1, 1, 2, 5),
     (2, 2, 4, 8, 16, 2, 2, 4, 8),
-    (3, 4, 2, 6, 13, 2, 0, 2, 6),
+    (3, 4, 2, 6, 12, 2, 0, 2, 6),
     (2, 3, 3, 4, 15, 3, 3, 3, 9),
     (1, 2, 5, 8, 18, 2, 4, 2, 10),
-    (2, 2, 4, 16, 22, 4, 1, 4, 12),
+    (2, 2, 4, 16, 24, 4, 4, 4, 12),
 )
 IMPORTANCE_HINT = ("token t sits at position (= frame) t // P, queries and keys alike; rotate both with apply_rope at "
                    "those positions; a query sees the keys whose chunk (frame // chunk) is not after its own; "
@@ -72,8 +73,8 @@ def library_compress(q, k, v, P, chunk, n_sink, recent, budget):
     (keys, values) (B, H, budget P, D) it keeps, and the frames (B, budget) they came from."""
     B, H, nP, D = k.shape
     n = nP // P
-    cache = FrameCompressingCache(1, B, H, D, n_sink, recent, budget, capacity=n - 1, tail=1, tokens_per_frame=P,
-                                  chunk=chunk, max_frames=n, rope_base=ROPE_BASE, dtype=k.dtype)
+    cache = FrameCompressingCache(1, B, H, D, n_sink, recent, budget, capacity=n - chunk, tail=chunk,
+                                  tokens_per_frame=P, chunk=chunk, max_frames=n, rope_base=ROPE_BASE, dtype=k.dtype)
     cache.update(0, k, v, q)
     cache.length = (n - chunk) * P  # the last chunk just written: its commit overfills the cache
     cache.advance(chunk * P)
