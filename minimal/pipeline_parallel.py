@@ -210,12 +210,13 @@ def blocks_rank(rank: int, world_size: int, model, requests: list[StreamRequest]
                 finish(k, i, m, out)
                 busy += time.perf_counter() - ta
                 continue
-            sends.append(dist.isend(out.contiguous(), 0))
+            sends.append(guarded(rank, f"call {j}'s send to stage 0", dist.isend, out.contiguous(), 0))
         else:
-            sends.append(dist.isend(torch.cat([x, cond], -1).contiguous(), rank + 1))
+            sends.append(guarded(rank, f"call {j}'s send to stage {rank + 1}", dist.isend,
+                                 torch.cat([x, cond], -1).contiguous(), rank + 1))
         busy += time.perf_counter() - ta
         while len(sends) > 2 * M:
-            sends.pop(0).wait()
+            guarded(rank, f"call {j}: an earlier call's send", sends.pop(0).wait)
     if rank == 0 and world_size > 1:
         for j in range(max(0, len(order) - M), len(order)):
             k, i, m = order[j]
@@ -223,7 +224,7 @@ def blocks_rank(rank: int, world_size: int, model, requests: list[StreamRequest]
             guarded(rank, f"call {j}'s return from the last stage", dist.recv, buf, world_size - 1)
             finish(k, i, m, buf)
     for h in sends:
-        h.wait()
+        guarded(rank, "the last calls' sends", h.wait)
     seconds = time.perf_counter() - t0
     busy_ms = busy / len(order) * 1e3  # per call of one micro-batch
     if rank != 0:
@@ -266,7 +267,8 @@ class _StepCache:
         a, b = self.spans[self.rank]
         self._write(layer, a, b, k, v)
         kv = torch.stack([k, v]).contiguous()
-        self.sends += [dist.isend(kv, dst, tag=layer) for dst in range(self.rank)]
+        self.sends += [guarded(self.rank, f"layer {layer}'s keys to rank {dst}", dist.isend, kv, dst, tag=layer)
+                       for dst in range(self.rank)]
         self.absorb(layer)
         return self.cache.k[layer, :, :, :self.end], self.cache.v[layer, :, :, :self.end]
 
@@ -325,8 +327,10 @@ def steps_rank(rank: int, world_size: int, model, requests: list[StreamRequest],
                     for r, x in zip(requests, z_new, strict=True):
                         frames[r.id].append(x.clone())
                 else:
-                    sends.append(dist.isend(z_new.contiguous(), rank + 1))
-                    sends.append(dist.isend(torch.stack([held[1], held[2]]).contiguous(), rank + 1))
+                    sends.append(guarded(rank, f"tick {g}'s chunk to rank {rank + 1}", dist.isend, z_new.contiguous(),
+                                         rank + 1))
+                    sends.append(guarded(rank, f"tick {g}'s labels to rank {rank + 1}", dist.isend,
+                                         torch.stack([held[1], held[2]]).contiguous(), rank + 1))
         else:
             for layer in range(cfg.n_layer):  # no chunk here this tick: keep the ring in step with the others
                 view.absorb(layer)
@@ -334,7 +338,8 @@ def steps_rank(rank: int, world_size: int, model, requests: list[StreamRequest],
             cache.advance(c * P)  # the refill's keys and values, now in every rank's replica, join the ring
         sends += view.sends
         for h in sends:
-            h.wait()
+            guarded(rank, f"tick {g}'s sends to rank {', '.join(str(r) for r in range(world_size) if r != rank)}",
+                    h.wait)
         sends = []
     seconds = time.perf_counter() - t0
     if not last:

@@ -116,7 +116,8 @@ def test_builder_on_a_dummy_tutorial(tmp_path):
     (root / "tutorials").mkdir()
     (root / "README.md").write_text(
         "# Dummy\n\nSee [the tutorial](tutorials/01_kv_cache.ipynb), [the library](minimal), "
-        "[the cache](minimal/kv_cache.py) and [the exercises](exercises/README.md).\n", encoding="utf-8")
+        "[the cache](minimal/kv_cache.py) and [the exercises](exercises/README.md).\n\n## The map\n",
+        encoding="utf-8")
     nb = nbformat.v4.new_notebook(metadata={
         "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
         "language_info": {"name": "python"}})
