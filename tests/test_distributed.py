@@ -12,6 +12,7 @@ import time
 
 import pytest
 import torch
+from conftest import random_weights
 
 from minimal.continuous_batching import ContinuousBatcher, StreamRequest, reference_stream
 from minimal.distributed import WorkerError, Workload, check_world, launch, serve_rank
@@ -24,13 +25,8 @@ STEPS, N_SINK = 2, 2
 
 
 def random_model(dtype=torch.float64, seed=0) -> VideoTransformer:
-    """Every weight random (adaLN-Zero would otherwise make the untrained model ignore its input)."""
-    torch.manual_seed(seed)
-    model = VideoTransformer(SMALL).to(dtype).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0, 0.1)
-    return model
+    """Every weight random (conftest.random_weights), in `dtype`."""
+    return random_weights(VideoTransformer(SMALL), seed).to(dtype)
 
 
 def requests(n: int, lengths=(3, 12), seed=0) -> list[StreamRequest]:
